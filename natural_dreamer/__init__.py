@@ -1,0 +1,1 @@
+"""Natural Dreamer: a readable, tested DreamerV3 in PyTorch."""
