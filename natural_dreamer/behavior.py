@@ -1,0 +1,211 @@
+"""Behaviour learning in imagination: the actor, the critic and the return normaliser.
+
+behavior_training (paper eq. 6-8) starts from every posterior state of the replayed batch,
+rolls the world model forward H steps with the actor, and
+  - trains the critic on lambda-returns R_t (two-hot NLL), regularised toward an EMA copy of
+    itself, plus a replay value loss on the real sequences (v2);
+  - trains the actor by REINFORCE on sg((R_t - v_t) / max(1, S)) plus an entropy bonus, where
+    S is an EMA of the 5th-95th percentile range of the returns.
+Both losses are weighted by the cumulative predicted discount * continue.
+"""
+
+import copy
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from natural_dreamer.distributions import CategoricalAction, NormalAction
+from natural_dreamer.networks import MLP, TwoHotHead
+from natural_dreamer.utils import lambda_returns
+
+
+class Actor(nn.Module):
+    """pi(a | s): (..., F) -> NormalAction (continuous) or CategoricalAction (discrete)."""
+
+    def __init__(self, feat_dim: int, action_size: int, discrete: bool, sizes: dict, config):
+        super().__init__()
+        self.discrete, self.unimix = discrete, config.model.unimix
+        self.min_std, self.max_std = config.behavior.action_min_std, config.behavior.action_max_std
+        self.mlp = MLP(feat_dim, sizes["units"], sizes["mlp_layers"])
+        self.out = nn.Linear(self.mlp.out_dim, action_size * (1 if discrete else 2))
+
+    def forward(self, feat: torch.Tensor):
+        x = self.out(self.mlp(feat)).float()
+        if self.discrete:
+            return CategoricalAction(x, self.unimix)
+        mean, std = x.chunk(2, -1)
+        std = (self.max_std - self.min_std) * torch.sigmoid(std + 2.0) + self.min_std
+        return NormalAction(torch.tanh(mean), std)
+
+
+class ReturnNormalizer(nn.Module):
+    """S = EMA of (Per95(R) - Per5(R)); returns are divided by max(1, S) (paper eq. 8).
+
+    The floor keeps small returns from being blown up into noise (sparse rewards).
+    """
+
+    def __init__(self, decay: float = 0.99, low: float = 0.05, high: float = 0.95):
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("quantiles", torch.tensor([low, high]))
+        self.register_buffer("range", torch.zeros(()))
+
+    def update(self, returns: torch.Tensor) -> torch.Tensor:
+        """Fold a batch of returns into the EMA; return the current scale max(1, S)."""
+        low, high = torch.quantile(returns.detach().float().flatten(), self.quantiles)
+        self.range.mul_(self.decay).add_((1 - self.decay) * (high - low))
+        return self.scale()
+
+    def scale(self) -> torch.Tensor:
+        return self.range.clamp(min=1.0)
+
+
+@contextmanager
+def frozen(*modules: nn.Module):
+    """Gradients flow through these modules to their inputs, but not into their parameters."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+class Behavior(nn.Module):
+    """The actor, the critic, its EMA copy and the return normaliser, with their losses."""
+
+    def __init__(self, feat_dim: int, action_size: int, discrete: bool, sizes: dict, config):
+        super().__init__()
+        cfg = config.behavior
+        self.actor = Actor(feat_dim, action_size, discrete, sizes, config)
+        self.critic = TwoHotHead(feat_dim, sizes["units"], sizes["mlp_layers"], config.model.bins)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.return_norm = ReturnNormalizer(cfg.return_norm_decay)
+        self.horizon, self.lambda_ = cfg.horizon, cfg.lambda_
+        self.discount = 1.0 - 1.0 / cfg.discount_horizon
+        self.entropy_scale, self.actor_grad = cfg.actor_entropy, cfg.actor_grad
+        self.slow_reg, self.slow_decay = cfg.critic_ema_reg, cfg.critic_ema_decay
+        self.replay_scale = cfg.replay_value_loss
+        if self.actor_grad not in ("reinforce", "dynamics"):
+            raise ValueError(
+                f"behavior.actor_grad must be reinforce or dynamics, not {self.actor_grad}"
+            )
+        if discrete and self.actor_grad == "dynamics":
+            # A sampled discrete action passes no gradient to the policy (pitfall 6).
+            raise ValueError("discrete actions need behavior.actor_grad: reinforce")
+
+    def imagine(self, world_model, start: dict):
+        """Roll the dynamics H steps from start states {"deter": (N, D), "stoch": (N, S, C)}.
+
+        Returns (feats (N, H + 1, F) of s_0 ... s_H, raw actions (N, H, A) taken at
+        s_0 ... s_{H-1}).
+        Under REINFORCE nothing here needs gradients; under "dynamics" they flow through the
+        frozen world model into the actor.
+        """
+        rssm, feats, actions = world_model.rssm, [], []
+        state = start
+        with torch.set_grad_enabled(self.actor_grad == "dynamics"):
+            for _ in range(self.horizon):
+                feat = rssm.full_state(state)
+                policy = self.actor(feat if self.actor_grad == "dynamics" else feat.detach())
+                raw = policy.rsample() if self.actor_grad == "dynamics" else policy.sample()
+                feats.append(feat)
+                actions.append(raw)
+                state = rssm.imagine_step(state, policy.to_env(raw).to(feat.dtype))
+            feats.append(rssm.full_state(state))
+        return torch.stack(feats, 1), torch.stack(actions, 1)
+
+    def loss(self, world_model, start: dict, batch: dict):
+        """behavior_training from posterior states {"deter": (B, T, D), "stoch": (B, T, S, C)}.
+
+        Returns (actor loss, critic loss, metrics dict of 0-d tensors).
+        """
+        B, T = start["deter"].shape[:2]
+        start = {key: value.reshape(B * T, *value.shape[2:]) for key, value in start.items()}
+        dynamics = self.actor_grad == "dynamics"
+        # Under "dynamics" the actor's gradient passes through these modules, never into them.
+        with frozen(world_model, self.critic), torch.set_grad_enabled(dynamics):
+            feats, raw_actions = self.imagine(world_model, start)  # (N, H+1, F), (N, H, A)
+            rewards = world_model.reward_head(feats[:, 1:]).mean  # (N, H)
+            cont = torch.sigmoid(world_model.continue_head(feats[:, 1:]).float())  # (N, H)
+            values = self.critic(feats).mean  # (N, H + 1)
+            discounts = self.discount * cont
+            returns = lambda_returns(rewards, values, discounts, self.lambda_)  # (N, H)
+        # weight_t = c_0 * prod_{i<=t} gamma * c_i: how likely the imagined step is reached.
+        start_alive = 1.0 - batch["is_terminal"].float().reshape(B * T, 1)
+        weight = start_alive * torch.cat([torch.ones_like(cont[:, :1]), discounts[:, :-1]], 1)
+        weight = weight.cumprod(1).detach()  # (N, H)
+
+        scale = self.return_norm.update(returns)
+        policy = self.actor(feats[:, :-1].detach())
+        entropy = policy.entropy()  # (N, H)
+        if self.actor_grad == "reinforce":
+            advantage = ((returns - values[:, :-1]) / scale).detach()
+            objective = policy.log_prob(raw_actions) * advantage
+        else:
+            objective = returns / scale  # backpropagated through the world model
+        actor_loss = -(weight * (objective + self.entropy_scale * entropy)).mean()
+
+        critic_loss, critic_metrics = self.critic_loss(feats, returns, weight, batch, (B, T))
+        metrics = {
+            "actor/loss": actor_loss.detach(),
+            "actor/entropy": entropy.mean().detach(),
+            "actor/return_scale": scale.detach(),
+            "critic/loss": critic_loss.detach(),
+            "critic/imagined_return": returns.mean().detach(),
+            "critic/value": values.mean().detach(),
+            "world_model/imagined_reward": rewards.mean().detach(),
+            **critic_metrics,
+        }
+        return actor_loss, critic_loss, metrics
+
+    def critic_loss(self, feats, returns, weight, batch, shape):
+        """Two-hot NLL of the lambda-returns, toward the EMA critic, and on replayed data.
+
+        feats (N, H + 1, F) with N = B * T; returns and weight (N, H).
+        """
+        B, T = shape
+        feats = feats[:, :-1].detach()
+        dist = self.critic(feats)  # logits (N, H, K)
+        with torch.no_grad():
+            slow_mean = self.slow_critic(feats).mean  # (N, H)
+        imagined = -dist.log_prob(returns.detach()) - self.slow_reg * dist.log_prob(slow_mean)
+        loss = (weight * imagined).mean()
+
+        # Replay value loss (v2): s_0 of every imagined rollout is a real posterior state, so
+        # the first column of `dist` is the critic on the replayed sequence.
+        replay_dist = type(dist)(dist.logits[:, 0].reshape(B, T, -1)[:, :-1])  # (B, T - 1, K)
+        boot = returns[:, 0].detach().reshape(B, T)  # imagined R_0 at every real state
+        targets = replay_returns(batch, boot, self.discount, self.lambda_)  # (B, T - 1)
+        slow_replay = slow_mean[:, 0].reshape(B, T)[:, :-1]
+        replay = -replay_dist.log_prob(targets) - self.slow_reg * replay_dist.log_prob(slow_replay)
+        alive = 1.0 - batch["is_terminal"].float()[:, :-1]
+        replay_loss = (alive * replay).mean()
+        metrics = {
+            "critic/imagined_loss": loss.detach(),
+            "critic/replay_loss": replay_loss.detach(),
+        }
+        return loss + self.replay_scale * replay_loss, metrics
+
+    @torch.no_grad()
+    def update_slow_critic(self) -> None:
+        """slow <- decay * slow + (1 - decay) * critic, after every critic update."""
+        for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters(), strict=True):
+            slow.lerp_(fast, 1.0 - self.slow_decay)
+
+
+def replay_returns(batch: dict, boot: torch.Tensor, discount: float, lambda_: float):
+    """Lambda-returns along the real sequences, bootstrapped with imagined returns.
+
+    boot (B, T) is the imagined R_0 from each real state. Rewards and terminations are the
+    real ones; where the next step starts a new episode the return is cut there and the
+    bootstrap value stands alone. Returns (B, T - 1).
+    """
+    next_first = batch["is_first"][:, 1:]
+    next_alive = 1.0 - batch["is_terminal"][:, 1:].float()
+    rewards = torch.where(next_first, boot[:, :-1], batch["reward"][:, 1:].float())
+    continues = discount * next_alive * (~next_first).float()
+    return lambda_returns(rewards, boot, continues, lambda_)

@@ -1,0 +1,144 @@
+"""Configs: YAML files in configs/, each laid over configs/defaults.yml, with overrides.
+
+A config is read with yaml.safe_load (a YAML file cannot run code), resolved into nested
+AttrDicts (`config.world_model.batch_size`), checked against the defaults (every key must
+exist there, with a value of the same type), and saved back as plain YAML.
+"""
+
+import difflib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message says what to change."""
+
+
+class AttrDict(dict):
+    """A dict whose keys read as attributes; nested dicts become AttrDicts too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for key, value in self.items():
+            if isinstance(value, dict) and not isinstance(value, AttrDict):
+                self[key] = AttrDict(value)
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"config has no key '{key}'") from None
+
+    def __setattr__(self, key, value):
+        self[key] = value
+
+    def to_dict(self) -> dict:
+        """A plain nested dict (for YAML files and checkpoints)."""
+        return {k: v.to_dict() if isinstance(v, AttrDict) else v for k, v in self.items()}
+
+
+def available_configs() -> list:
+    """Names of the run configs in configs/ (defaults.yml is the base, not a run)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yml") if p.stem != "defaults")
+
+
+def read_yaml(path: Path) -> dict:
+    """Parse a YAML file safely; a syntax error names the file and line."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(
+            f"malformed YAML in {where}: {getattr(error, 'problem', error)}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values")
+    return data
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_type(key: str, value, default):
+    """Return value if it fits the default's type (ints may stand for floats), else raise."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, type(default)):
+        raise ConfigError(
+            f"{key} must be {type(default).__name__} (like {default!r}), "
+            f"got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def set_key(tree: dict, key: str, value, defaults: dict, source: str) -> None:
+    """Set a dotted key after checking it exists in the defaults and has the right type."""
+    if key not in defaults:
+        close = difflib.get_close_matches(key, list(defaults), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown config key '{key}' in {source}{hint}")
+    value = check_type(key, value, defaults[key])
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
+def load_config(name: str, overrides=None) -> AttrDict:
+    """The resolved config of a run: defaults, then configs/<name>.yml, then overrides.
+
+    overrides: a dict {dotted key: value} or a list of (dotted key, value) pairs; string
+    values are parsed as YAML scalars ("3" -> 3, "true" -> True, "1e-4" -> 0.0001).
+    """
+    path = CONFIG_DIR / f"{name}.yml"
+    if name == "defaults" or not path.is_file():
+        raise ConfigError(f"unknown config '{name}'; available: {', '.join(available_configs())}")
+    defaults_tree = read_yaml(CONFIG_DIR / "defaults.yml")
+    defaults = flatten(defaults_tree)
+    config = yaml.safe_load(yaml.safe_dump(defaults_tree))  # a deep copy
+    for key, value in flatten(read_yaml(path)).items():
+        set_key(config, key, value, defaults, str(path))
+    pairs = overrides.items() if isinstance(overrides, dict) else overrides or []
+    for key, value in pairs:
+        if isinstance(value, str):
+            value = parse_scalar(value)
+        set_key(config, key, value, defaults, "the command line")
+    config["config_name"] = name
+    return AttrDict(config)
+
+
+def parse_scalar(text: str):
+    """A command-line value as YAML reads it, with 1e-4-style floats read as floats."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def save_config(config: AttrDict, path: Path) -> None:
+    """Write the resolved config as plain YAML."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)

@@ -1,0 +1,133 @@
+"""The distributions the agent predicts: two-hot scalars, categorical latents and actions.
+
+All of them compute probabilities in float32 whatever the autocast precision, since softmax
+and log-softmax over 255 bins lose too much in bfloat16.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from natural_dreamer.utils import symexp, two_hot
+
+_BINS_CACHE = {}
+
+
+def twohot_bins(count: int = 255, device="cpu") -> torch.Tensor:
+    """Bin positions symexp(linspace(-20, 20, count)) (v2 paper), exactly symmetric about 0."""
+    key = (count, str(device))
+    if key not in _BINS_CACHE:
+        half = symexp(torch.linspace(0.0, 20.0, count // 2 + 1, device=device))
+        _BINS_CACHE[key] = torch.cat([-half.flip(0)[:-1], half])  # (count,)
+    return _BINS_CACHE[key]
+
+
+class TwoHotDist:
+    """A scalar predicted as a softmax over fixed bins (paper eq. 10 and 11).
+
+    logits: (..., K). `mean` is sum(p * bins); `log_prob(x)` scores a target two-hot encoded.
+    """
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits.float()
+        self.bins = twohot_bins(logits.shape[-1], logits.device)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """(...) expected value. Pairs of mirrored bins are summed first, so equal
+        probabilities on +b and -b cancel exactly and a fresh head predicts exactly 0."""
+        probs = torch.softmax(self.logits, -1)
+        m = self.bins.shape[0] // 2
+        negative = (probs[..., :m] * self.bins[:m]).flip(-1)
+        positive = probs[..., m + 1 :] * self.bins[m + 1 :]
+        return (negative + positive).sum(-1) + probs[..., m] * self.bins[m]
+
+    def log_prob(self, target: torch.Tensor) -> torch.Tensor:
+        """(...) log-likelihood of the two-hot encoding of target (...)."""
+        weights = two_hot(target.detach(), self.bins)
+        return (weights * torch.log_softmax(self.logits, -1)).sum(-1)
+
+
+def unimix(logits: torch.Tensor, mix: float) -> torch.Tensor:
+    """Mix a categorical with `mix` of the uniform one; returns the new logits (log-probs).
+
+    Keeps every probability at least mix / classes, so the KL terms stay bounded.
+    """
+    probs = torch.softmax(logits.float(), -1)
+    if mix > 0:
+        probs = (1.0 - mix) * probs + mix / probs.shape[-1]
+    return torch.log(probs)
+
+
+def sample_one_hot(logits: torch.Tensor, straight_through: bool = True) -> torch.Tensor:
+    """One-hot sample: (..., C) -> (..., C).
+
+    With straight_through the forward value is the sample (up to rounding) and the gradient
+    flows as if it were the probabilities; without, it is an exact one-hot with no gradient.
+    """
+    probs = torch.softmax(logits.float(), -1)
+    index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1)  # (N, 1)
+    sample = F.one_hot(index.reshape(probs.shape[:-1]), probs.shape[-1]).to(probs.dtype)
+    return sample + probs - probs.detach() if straight_through else sample
+
+
+def categorical_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """KL[p || q] of categoricals, summed over classes: (..., C) -> (...)."""
+    log_p, log_q = torch.log_softmax(logits_p.float(), -1), torch.log_softmax(logits_q.float(), -1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+class NormalAction:
+    """Continuous policy: Normal(mean, std) per action dimension; the env gets clip(x, -1, 1).
+
+    The score function uses the unclipped sample, so REINFORCE stays unbiased for the policy
+    "sample, then clip".
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        self.dist = torch.distributions.Normal(mean.float(), std.float())
+
+    def sample(self) -> torch.Tensor:
+        return self.dist.sample()
+
+    def rsample(self) -> torch.Tensor:
+        return self.dist.rsample()
+
+    def mode(self) -> torch.Tensor:
+        return self.dist.mean
+
+    def log_prob(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.dist.log_prob(raw).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return self.dist.entropy().sum(-1)
+
+    @staticmethod
+    def to_env(raw: torch.Tensor) -> torch.Tensor:
+        return raw.clamp(-1.0, 1.0)
+
+
+class CategoricalAction:
+    """Discrete policy: a categorical with 1% unimix over one-hot actions."""
+
+    def __init__(self, logits: torch.Tensor, mix: float = 0.01):
+        self.logits = unimix(logits, mix)
+
+    def sample(self) -> torch.Tensor:
+        return sample_one_hot(self.logits, straight_through=False)
+
+    def rsample(self) -> torch.Tensor:
+        return sample_one_hot(self.logits)
+
+    def mode(self) -> torch.Tensor:
+        return F.one_hot(self.logits.argmax(-1), self.logits.shape[-1]).float()
+
+    def log_prob(self, one_hot: torch.Tensor) -> torch.Tensor:
+        return (one_hot * torch.log_softmax(self.logits, -1)).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        log_p = torch.log_softmax(self.logits, -1)
+        return -(log_p.exp() * log_p).sum(-1)
+
+    @staticmethod
+    def to_env(raw: torch.Tensor) -> torch.Tensor:
+        return raw

@@ -1,0 +1,164 @@
+"""The recurrent state-space model (RSSM): the world model's sense of time.
+
+The model state has two parts (paper eq. 1):
+  recurrent_state h_t = f(h_{t-1}, z_{t-1}, a_{t-1})      deterministic, a normalised GRU
+  latent_state    z_t ~ q(z_t | h_t, x_t)  (posterior)     32 categoricals, one-hot samples
+                  z_t ~ p(z_t | h_t)       (prior)         the same net, without the image
+full_state = concat(h_t, flatten(z_t)) feeds every head.
+"""
+
+import torch
+from torch import nn
+
+from natural_dreamer.distributions import sample_one_hot, unimix
+
+
+class BlockLinear(nn.Module):
+    """A block-diagonal linear layer: (N, G, in) -> (N, G, out), one weight per block."""
+
+    def __init__(self, blocks: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(blocks, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(blocks, out_dim))
+        nn.init.uniform_(self.weight, -(in_dim**-0.5), in_dim**-0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ngi,gio->ngo", x, self.weight.to(x.dtype)) + self.bias.to(x.dtype)
+
+
+class RecurrentCell(nn.Module):
+    """Normalised GRU with G blocks: h_t = f(h_{t-1}, z_{t-1}, a_{t-1}).
+
+    The previous latent and action are embedded once and given to every block; each block
+    sees only its own slice of h, which keeps a wide state cheap (v2 paper). Gate
+    pre-activations are RMS-normalised, and the update gate has a bias of -1 so the state
+    starts out mostly remembering itself.
+    """
+
+    def __init__(self, deter: int, stoch_dim: int, action_size: int, hidden: int, blocks: int):
+        super().__init__()
+        if deter % blocks:
+            raise ValueError(f"deter {deter} must be divisible by blocks {blocks}")
+        self.blocks = blocks
+
+        def embed(in_dim: int) -> nn.Module:
+            return nn.Sequential(nn.Linear(in_dim, hidden), nn.RMSNorm(hidden), nn.SiLU())
+
+        self.embed_deter, self.embed_stoch = embed(deter), embed(stoch_dim)
+        self.embed_action = embed(action_size)
+        block_dim = deter // blocks
+        self.gates = BlockLinear(blocks, block_dim + 3 * hidden, 3 * block_dim)
+        self.norm = nn.RMSNorm((blocks, 3 * block_dim))
+
+    def forward(self, deter: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor):
+        """deter (N, D), stoch (N, S * C), action (N, A) -> next deter (N, D)."""
+        N, G = deter.shape[0], self.blocks
+        # Bounded actions keep one large input from dominating the embedding.
+        action = action / action.abs().clamp(min=1.0).detach()
+        inputs = torch.cat(
+            [self.embed_deter(deter), self.embed_stoch(stoch), self.embed_action(action)], -1
+        )  # (N, 3 * hidden)
+        x = torch.cat([deter.reshape(N, G, -1), inputs.unsqueeze(1).expand(N, G, -1)], -1)
+        x = self.norm(self.gates(x))  # (N, G, 3 * D / G)
+        reset, candidate, update = x.chunk(3, -1)  # each (N, G, D / G)
+        reset = torch.sigmoid(reset)
+        candidate = torch.tanh(reset * candidate)
+        update = torch.sigmoid(update - 1.0)
+        new = update * candidate + (1 - update) * deter.reshape(N, G, -1).to(x.dtype)
+        return new.reshape(N, -1).to(deter.dtype)  # (N, D)
+
+
+class LatentNet(nn.Module):
+    """Maps an input to the logits of `stoch` categoricals of `classes` classes, with unimix.
+
+    One class, two instances: the prior sees h_t, the posterior sees (h_t, embedding of x_t).
+    """
+
+    def __init__(self, in_dim: int, hidden: int, stoch: int, classes: int, mix: float):
+        super().__init__()
+        self.stoch, self.classes, self.mix = stoch, classes, mix
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden),
+            nn.RMSNorm(hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, stoch * classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x).reshape(*x.shape[:-1], self.stoch, self.classes)  # (..., S, C)
+        return unimix(logits, self.mix)
+
+
+class RSSM(nn.Module):
+    """Recurrent state-space model. States are dicts {"deter": (..., D), "stoch": (..., S, C)}."""
+
+    def __init__(self, embed_dim: int, action_size: int, sizes: dict, stoch: int, mix: float):
+        super().__init__()
+        self.deter_dim, self.stoch, self.classes = sizes["deter"], stoch, sizes["classes"]
+        self.action_size = action_size
+        stoch_dim = stoch * sizes["classes"]
+        hidden = sizes["hidden"]
+        self.cell = RecurrentCell(self.deter_dim, stoch_dim, action_size, hidden, sizes["blocks"])
+        self.prior_net = LatentNet(self.deter_dim, hidden, stoch, sizes["classes"], mix)
+        self.posterior_net = LatentNet(
+            self.deter_dim + embed_dim, hidden, stoch, sizes["classes"], mix
+        )
+        self.feat_dim = self.deter_dim + stoch_dim
+
+    def initial(self, batch: int, device) -> dict:
+        """The all-zero state an episode starts from."""
+        return {
+            "deter": torch.zeros(batch, self.deter_dim, device=device),
+            "stoch": torch.zeros(batch, self.stoch, self.classes, device=device),
+        }
+
+    @staticmethod
+    def full_state(state: dict) -> torch.Tensor:
+        """concat(h, flatten(z)): (..., D + S * C), the input of every head."""
+        stoch = state["stoch"]
+        return torch.cat([state["deter"], stoch.reshape(*stoch.shape[:-2], -1)], -1)
+
+    def observe_step(self, state, prev_action, embed, is_first):
+        """One filtering step on real data: (s_{t-1}, a_{t-1}, x_t) -> posterior s_t.
+
+        state: dict of (B, ...); prev_action (B, A); embed (B, E); is_first (B,) bool. Where an
+        episode starts, h, z AND the previous action are reset to zero (pitfall 5).
+        Returns (new state, posterior logits (B, S, C)).
+        """
+        keep = (~is_first).to(embed.dtype)  # (B,)
+        deter = state["deter"] * keep[:, None]
+        stoch = state["stoch"] * keep[:, None, None]
+        prev_action = prev_action * keep[:, None]
+        deter = self.cell(deter, stoch.reshape(stoch.shape[0], -1), prev_action)
+        logits = self.posterior_net(torch.cat([deter, embed], -1))  # (B, S, C)
+        return {"deter": deter, "stoch": sample_one_hot(logits)}, logits
+
+    def observe(self, embed, actions, is_first, state=None):
+        """Filter a batch of sequences (paper eq. 1, representation model).
+
+        embed (B, T, E); actions (B, T, A) where actions[:, t] was taken at step t, so step t
+        is driven by actions[:, t - 1] (zero before the first); is_first (B, T) bool.
+        Returns (states {"deter": (B, T, D), "stoch": (B, T, S, C)}, posterior logits
+        (B, T, S, C), prior logits (B, T, S, C)).
+        """
+        B, T = embed.shape[:2]
+        state = state or self.initial(B, embed.device)
+        prev_actions = torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], 1)
+        deters, stochs, post_logits = [], [], []
+        for t in range(T):
+            state, logits = self.observe_step(
+                state, prev_actions[:, t], embed[:, t], is_first[:, t]
+            )
+            deters.append(state["deter"])
+            stochs.append(state["stoch"])
+            post_logits.append(logits)
+        states = {"deter": torch.stack(deters, 1), "stoch": torch.stack(stochs, 1)}
+        # The prior depends on h_t alone, so all T steps go through it in one batched call.
+        prior_logits = self.prior_net(states["deter"])  # (B, T, S, C)
+        return states, torch.stack(post_logits, 1), prior_logits
+
+    def imagine_step(self, state: dict, action: torch.Tensor) -> dict:
+        """One step of the dynamics without an observation: (s_t, a_t) -> prior s_{t+1}."""
+        stoch = state["stoch"]
+        deter = self.cell(state["deter"], stoch.reshape(stoch.shape[0], -1), action)
+        return {"deter": deter, "stoch": sample_one_hot(self.prior_net(deter))}

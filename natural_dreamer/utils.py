@@ -1,0 +1,90 @@
+"""Small numerical tools shared by every part of the agent.
+
+symlog / symexp squash values of any scale into a range networks can predict (paper eq. 9),
+two_hot turns a scalar target into a distribution over bins (eq. 10), and lambda_returns
+computes the TD(lambda) targets of imagined trajectories (eq. 7).
+"""
+
+import random
+
+import numpy as np
+import torch
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    """symlog(x) = sign(x) * ln(|x| + 1), elementwise (paper eq. 9)."""
+    return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    """symexp(x) = sign(x) * (exp(|x|) - 1), the inverse of symlog."""
+    return torch.sign(x) * torch.expm1(torch.abs(x))
+
+
+def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Encode scalars as weights on their two neighbouring bins (paper eq. 10).
+
+    Args:
+        x: (...) values to encode.
+        bins: (K,) sorted bin positions.
+    Returns:
+        (..., K) float32 weights: two neighbours share the weight by linear interpolation,
+        a value exactly on a bin puts all weight there, and a value outside the range puts
+        all weight on the edge bin.
+    """
+    x = x.float()
+    bins = bins.float()
+    K = bins.shape[0]
+    # Index of the first bin strictly greater than x; its left neighbour is <= x.
+    above = torch.searchsorted(bins, x.contiguous(), right=True).clamp(1, K - 1)  # (...)
+    below = above - 1
+    left, right = bins[below], bins[above]
+    weight_above = ((x - left) / (right - left)).clamp(0.0, 1.0)  # 0 below range, 1 above
+    weights = torch.zeros(*x.shape, K, device=x.device)
+    weights.scatter_(-1, below.unsqueeze(-1), (1.0 - weight_above).unsqueeze(-1))
+    weights.scatter_add_(-1, above.unsqueeze(-1), weight_above.unsqueeze(-1))
+    return weights
+
+
+def lambda_returns(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    continues: torch.Tensor,
+    lambda_: float = 0.95,
+) -> torch.Tensor:
+    """TD(lambda) returns of a trajectory (paper eq. 7).
+
+    R_t = rewards[t] + continues[t] * ((1 - lambda_) * values[t + 1] + lambda_ * R_{t+1}),
+    bootstrapped with R_H = values[H].
+
+    Args:
+        rewards: (B, H) reward that arrives with step t + 1.
+        values: (B, H + 1) value estimates v(s_0) ... v(s_H).
+        continues: (B, H) discount * continue probability of step t + 1.
+    Returns:
+        (B, H) returns R_0 ... R_{H-1}.
+    """
+    H = rewards.shape[1]
+    returns = torch.empty_like(rewards)
+    next_return = values[:, H]
+    for t in range(H - 1, -1, -1):
+        bootstrap = (1 - lambda_) * values[:, t + 1] + lambda_ * next_return
+        next_return = rewards[:, t] + continues[:, t] * bootstrap
+        returns[:, t] = next_return
+    return returns
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so a run on one machine repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    """Resolve a device name; "auto" picks CUDA when present, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' was asked for but torch sees no CUDA device")
+    return torch.device(name)

@@ -1,0 +1,91 @@
+"""The world model: encoder, RSSM, decoder, reward and continue heads, and their losses.
+
+world_model_training (paper eq. 3-5) minimises, averaged over the (B, T) batch,
+    L = L_pred + dyn * L_dyn + rep * L_rep
+    L_pred = reconstruction + reward NLL (two-hot) + continue NLL (Bernoulli)
+    L_dyn  = max(free, KL[sg(posterior) || prior])   trains the prior (dynamics predictor)
+    L_rep  = max(free, KL[posterior || sg(prior)])   trains the encoder's representations
+with the KL summed over the 32 latents BEFORE the free-bits clip, per (batch, time) entry.
+"""
+
+import torch.nn.functional as F
+from torch import nn
+
+from natural_dreamer.distributions import categorical_kl
+from natural_dreamer.networks import (
+    ContinueHead,
+    MultiDecoder,
+    MultiEncoder,
+    TwoHotHead,
+    check_image_size,
+    model_sizes,
+)
+from natural_dreamer.rssm import RSSM
+
+
+def kl_loss(post_logits, prior_logits, free: float):
+    """Balanced KL terms with free bits (paper eq. 5).
+
+    post_logits, prior_logits: (B, T, S, C). Returns (dyn, rep, kl), each (B, T): the loss
+    that trains the prior, the loss that trains the posterior, and the raw KL.
+    """
+    dyn = categorical_kl(post_logits.detach(), prior_logits).sum(-1)  # (B, T)
+    rep = categorical_kl(post_logits, prior_logits.detach()).sum(-1)  # (B, T)
+    return dyn.clamp(min=free), rep.clamp(min=free), dyn.detach()
+
+
+class WorldModel(nn.Module):
+    """Learns to predict observations, rewards and episode ends from a compact state.
+
+    obs_space: dict "image" -> ((H, W, 3), uint8) and/or "vector" -> ((N,), float32).
+    """
+
+    def __init__(self, obs_space: dict, action_size: int, config):
+        super().__init__()
+        model, wm = config.model, config.world_model
+        sizes = model_sizes(model.preset)
+        if "image" in obs_space:
+            check_image_size(obs_space["image"][0][0], sizes["cnn_mults"])
+        self.encoder = MultiEncoder(obs_space, sizes)
+        self.rssm = RSSM(self.encoder.out_dim, action_size, sizes, model.stoch, model.unimix)
+        feat = self.rssm.feat_dim
+        self.decoder = MultiDecoder(feat, obs_space, sizes)
+        self.reward_head = TwoHotHead(feat, sizes["units"], sizes["head_layers"], model.bins)
+        self.continue_head = ContinueHead(feat, sizes["units"], sizes["head_layers"])
+        self.obs_keys = list(obs_space)
+        self.kl_dyn, self.kl_rep, self.free_nats = wm.kl_dyn, wm.kl_rep, wm.free_nats
+        self.loss_scales = dict(wm.loss_scales)
+
+    def loss(self, batch: dict):
+        """world_model_training on one batch of (B, T) sequences.
+
+        batch holds the observation keys, "action" (B, T, A), "reward" (B, T), "is_first" and
+        "is_terminal" (B, T). Step t pairs x_t with the reward r_t that arrived with it, so the
+        state built from x_t predicts r_t (pitfall 1).
+        Returns (scalar loss, metrics dict of 0-d tensors, posterior states detached).
+        """
+        obs = {key: batch[key] for key in self.obs_keys}
+        embed = self.encoder(obs)  # (B, T, E)
+        states, post_logits, prior_logits = self.rssm.observe(
+            embed, batch["action"], batch["is_first"]
+        )
+        feat = self.rssm.full_state(states)  # (B, T, F)
+        losses = self.decoder.loss(feat, obs)  # each (B, T)
+        losses["reward"] = -self.reward_head(feat).log_prob(batch["reward"])
+        continues = 1.0 - batch["is_terminal"].float()  # a time-limit end is not a termination
+        cont_logits = self.continue_head(feat).float()
+        losses["continue"] = F.binary_cross_entropy_with_logits(
+            cont_logits, continues, reduction="none"
+        )
+        dyn, rep, kl = kl_loss(post_logits, prior_logits, self.free_nats)
+        total = self.kl_dyn * dyn.mean() + self.kl_rep * rep.mean()
+        for key, value in losses.items():
+            total = total + self.loss_scales.get(key, 1.0) * value.mean()
+        # Metrics stay tensors: one host transfer per training step instead of one per value.
+        metrics = {f"world_model/{key}_loss": value.mean() for key, value in losses.items()}
+        metrics["world_model/kl"] = kl.mean()
+        metrics["world_model/dyn_loss"] = dyn.mean()
+        metrics["world_model/rep_loss"] = rep.mean()
+        metrics["world_model/loss"] = total
+        states = {key: value.detach() for key, value in states.items()}
+        return total, metrics, states

@@ -1,0 +1,135 @@
+"""The world model: KL balancing with free bits, is_first resets, gradients of one step."""
+
+import numpy as np
+import pytest
+import torch
+
+from natural_dreamer import Dreamer
+from natural_dreamer.distributions import categorical_kl
+from natural_dreamer.world_model import kl_loss
+
+from conftest import IMAGE, MIXED, VECTOR, random_batch, tiny_config
+
+
+def test_kl_with_free_bits_value_sums_latents_before_the_clip():
+    post = torch.randn(2, 3, 32, 4, requires_grad=True)
+    prior = torch.randn(2, 3, 32, 4, requires_grad=True)
+    dyn, rep, kl = kl_loss(post, prior, free=1.0)
+    p, q = torch.softmax(post, -1), torch.softmax(prior, -1)
+    expected = (p * (p.log() - q.log())).sum((-1, -2))  # (B, T): summed over all 32 latents
+    assert dyn.shape == (2, 3)
+    assert torch.allclose(kl, expected, atol=1e-5)
+    assert torch.allclose(dyn, expected.clamp(min=1.0), atol=1e-5)
+    assert torch.allclose(rep, expected.clamp(min=1.0), atol=1e-5)
+    # per-latent clipping would give a different (larger) value
+    per_latent = (p * (p.log() - q.log())).sum(-1).clamp(min=1.0).sum(-1)
+    assert not torch.allclose(dyn, per_latent)
+
+
+def test_kl_gradients_reach_the_right_nets():
+    post = torch.randn(2, 3, 32, 4, requires_grad=True)
+    prior = torch.randn(2, 3, 32, 4, requires_grad=True)
+    dyn, rep, _ = kl_loss(post, prior, free=1.0)
+    assert (dyn > 1).all()
+    (grad_post,) = torch.autograd.grad(dyn.mean(), post, retain_graph=True, allow_unused=True)
+    assert grad_post is None or torch.all(grad_post == 0)  # dyn trains the prior only
+    (grad_prior,) = torch.autograd.grad(dyn.mean(), prior, retain_graph=True)
+    assert grad_prior.abs().sum() > 0
+    (grad_prior,) = torch.autograd.grad(rep.mean(), prior, retain_graph=True, allow_unused=True)
+    assert grad_prior is None or torch.all(grad_prior == 0)  # rep trains the posterior only
+    (grad_post,) = torch.autograd.grad(rep.mean(), post)
+    assert grad_post.abs().sum() > 0
+
+
+def test_kl_below_free_bits_gives_no_gradient():
+    post = torch.randn(1, 4, 32, 4)
+    prior = (post + 0.01 * torch.randn_like(post)).requires_grad_()
+    dyn, _, kl = kl_loss(post, prior, free=1.0)
+    assert (kl < 1).all() and torch.all(dyn == 1.0)
+    (grad,) = torch.autograd.grad(dyn.sum(), prior)
+    assert torch.all(grad == 0)
+
+
+def test_categorical_kl_of_identical_is_zero():
+    logits = torch.randn(5, 7)
+    assert torch.allclose(categorical_kl(logits, logits), torch.zeros(5), atol=1e-6)
+
+
+def test_is_first_resets_state_and_previous_action():
+    config = tiny_config()
+    agent = Dreamer(VECTOR, 3, False, config)
+    rssm = agent.world_model.rssm
+    B, T = 2, 6
+    embed = torch.randn(B, T, agent.world_model.encoder.out_dim)
+    actions = torch.randn(B, T, 3) * 5
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = True
+    is_first[0, 3] = True
+    states, _, _ = rssm.observe(embed, actions, is_first)
+    # h_t = f(h_{t-1}, z_{t-1}, a_{t-1}) does not see x_t: after a reset it must be f(0, 0, 0),
+    # the same as at the start of the sequence, whatever came before (state AND action).
+    assert torch.allclose(states["deter"][0, 3], states["deter"][0, 0])
+    assert not torch.allclose(states["deter"][1, 3], states["deter"][1, 0])
+    # Without the reset the large previous action alone would change h_3.
+    is_first[0, 3] = False
+    states, _, _ = rssm.observe(embed, actions, is_first)
+    assert not torch.allclose(states["deter"][0, 3], states["deter"][0, 0])
+
+
+def test_act_resets_at_is_first():
+    agent = Dreamer(VECTOR, 2, False, tiny_config())
+    obs = {"vector": np.ones((1, 5), np.float32), "is_first": np.array([True])}
+    _, fresh = agent.act(obs, agent.initial_state())
+    _, state = agent.act({**obs, "is_first": np.array([False])}, fresh)
+    _, state = agent.act({**obs, "is_first": np.array([False])}, state)
+    assert not torch.allclose(state["deter"], fresh["deter"])
+    _, reset = agent.act(obs, state)  # a new episode starts: h, z and a_{t-1} go back to zero
+    assert torch.allclose(reset["deter"], fresh["deter"])
+
+
+@pytest.mark.parametrize("obs_space", [IMAGE, VECTOR, MIXED], ids=["image", "vector", "mixed"])
+@pytest.mark.parametrize("discrete", [False, True], ids=["continuous", "discrete"])
+def test_world_model_step_gradients(obs_space, discrete):
+    config = tiny_config(**{"world_model.free_nats": 0.0})
+    agent = Dreamer(obs_space, 3, discrete, config)
+    batch = agent.batch_to_torch(random_batch(obs_space, 3, discrete))
+    loss, metrics, posterior = agent.world_model.loss(batch)
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(v) for v in metrics.values())
+    loss.backward()
+    zero = []
+    for name, param in agent.world_model.named_parameters():
+        assert param.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(param.grad).all(), name
+        if param.grad.abs().sum() == 0:
+            zero.append(name)
+    # Only the layers behind the zero-initialised reward output see no gradient on step one.
+    assert all(name.startswith("reward_head.mlp") for name in zero), zero
+    for name, param in agent.behavior.named_parameters():
+        assert param.grad is None, f"world-model loss reached {name}"
+    assert posterior["deter"].shape[:2] == (3, 6) and not posterior["deter"].requires_grad
+
+
+@pytest.mark.parametrize("obs_space", [IMAGE, VECTOR, MIXED], ids=["image", "vector", "mixed"])
+@pytest.mark.parametrize("discrete", [False, True], ids=["continuous", "discrete"])
+def test_full_train_step_changes_every_network(obs_space, discrete):
+    agent = Dreamer(obs_space, 3, discrete, tiny_config())
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    metrics = agent.train_step(random_batch(obs_space, 3, discrete))
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    after = agent.state_dict()
+    for prefix in ["world_model.encoder", "world_model.rssm", "behavior.actor", "behavior.critic"]:
+        changed = [
+            k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])
+        ]
+        assert changed, f"no parameter of {prefix} changed"
+
+
+def test_image_loss_is_a_summed_squared_error():
+    agent = Dreamer(IMAGE, 2, False, tiny_config())
+    feat = torch.randn(2, 3, agent.world_model.rssm.feat_dim)
+    obs = {"image": torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8)}
+    pred = agent.world_model.decoder(feat)["image"]
+    target = obs["image"].float() / 255 - 0.5
+    expected = ((pred - target) ** 2).sum((-3, -2, -1))
+    assert torch.allclose(agent.world_model.decoder.loss(feat, obs)["image"], expected)
