@@ -30,6 +30,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+# Gymnasium's classic-control renderer initialises SDL; without a screen it should not look
+# for one (and then print "XDG_RUNTIME_DIR is invalid" on every run).
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
 SUITES = ("dmc", "gym", "toy")
 OBS_MODES = ("pixels", "proprio", "both")
 MIN_IMAGE_SIZE = 16

@@ -57,6 +57,22 @@ def model_sizes(preset: str) -> dict:
     raise ValueError(f"unknown model preset '{preset}'; choose one of: {names}")
 
 
+class RMSNorm(nn.Module):
+    """x / rms(x) * scale over the last dims, computed in float32 whatever the autocast
+    precision (bfloat16 sums of squares lose too much), returned in the input's dtype."""
+
+    def __init__(self, shape, eps: float = 1e-6):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(shape))
+        self.dims = tuple(range(-len(self.scale.shape), 0))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float()
+        y = y * torch.rsqrt(y.square().mean(self.dims, keepdim=True) + self.eps)
+        return (y * self.scale).to(x.dtype)
+
+
 class MLP(nn.Module):
     """`layers` hidden layers of Linear -> RMSNorm -> SiLU; (..., in_dim) -> (..., units)."""
 
@@ -64,7 +80,7 @@ class MLP(nn.Module):
         super().__init__()
         blocks = []
         for i in range(layers):
-            blocks += [nn.Linear(in_dim if i == 0 else units, units), nn.RMSNorm(units), nn.SiLU()]
+            blocks += [nn.Linear(in_dim if i == 0 else units, units), RMSNorm(units), nn.SiLU()]
         self.net = nn.Sequential(*blocks)
         self.out_dim = units if layers > 0 else in_dim
 
@@ -117,7 +133,7 @@ class ImageDecoder(nn.Module):
         return x.permute(0, 2, 3, 1).reshape(*batch_shape, *x.shape[2:], 3)  # (..., H, W, 3)
 
 
-class ChannelNorm(nn.RMSNorm):
+class ChannelNorm(RMSNorm):
     """RMSNorm over the channels of an (N, C, H, W) feature map."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

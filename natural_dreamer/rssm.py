@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from natural_dreamer.distributions import sample_one_hot, unimix
+from natural_dreamer.networks import RMSNorm
 
 
 class BlockLinear(nn.Module):
@@ -42,13 +43,13 @@ class RecurrentCell(nn.Module):
         self.blocks = blocks
 
         def embed(in_dim: int) -> nn.Module:
-            return nn.Sequential(nn.Linear(in_dim, hidden), nn.RMSNorm(hidden), nn.SiLU())
+            return nn.Sequential(nn.Linear(in_dim, hidden), RMSNorm(hidden), nn.SiLU())
 
         self.embed_deter, self.embed_stoch = embed(deter), embed(stoch_dim)
         self.embed_action = embed(action_size)
         block_dim = deter // blocks
         self.gates = BlockLinear(blocks, block_dim + 3 * hidden, 3 * block_dim)
-        self.norm = nn.RMSNorm((blocks, 3 * block_dim))
+        self.norm = RMSNorm((blocks, 3 * block_dim))
 
     def forward(self, deter: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor):
         """deter (N, D), stoch (N, S * C), action (N, A) -> next deter (N, D)."""
@@ -79,7 +80,7 @@ class LatentNet(nn.Module):
         self.stoch, self.classes, self.mix = stoch, classes, mix
         self.net = nn.Sequential(
             nn.Linear(in_dim, hidden),
-            nn.RMSNorm(hidden),
+            RMSNorm(hidden),
             nn.SiLU(),
             nn.Linear(hidden, stoch * classes),
         )

@@ -8,6 +8,7 @@ world_model_training (paper eq. 3-5) minimises, averaged over the (B, T) batch,
 with the KL summed over the 32 latents BEFORE the free-bits clip, per (batch, time) entry.
 """
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -89,3 +90,26 @@ class WorldModel(nn.Module):
         metrics["world_model/loss"] = total
         states = {key: value.detach() for key, value in states.items()}
         return total, metrics, states
+
+    @torch.no_grad()
+    def dream(self, obs: dict, actions: torch.Tensor, context: int = 5) -> torch.Tensor:
+        """Open-loop predictions of one episode's images (the "dream" video).
+
+        obs["image"] (B, T, H, W, 3) uint8 starting at an episode's first step; actions
+        (B, T, A). The first `context` steps are filtered (reconstructions); later ones are
+        imagined from the real actions alone. Returns predicted images (B, T, H, W, 3) uint8.
+        """
+        T = actions.shape[1]
+        is_first = torch.zeros(actions.shape[:2], dtype=torch.bool, device=actions.device)
+        is_first[:, 0] = True
+        embed = self.encoder({key: value[:, :context] for key, value in obs.items()})
+        states, _, _ = self.rssm.observe(embed, actions[:, :context], is_first[:, :context])
+        state = {key: value[:, -1] for key, value in states.items()}
+        imagined = []
+        for t in range(context, T):
+            state = self.rssm.imagine_step(state, actions[:, t - 1])  # s_t from (s_{t-1}, a_{t-1})
+            imagined.append(state)
+        for key in states:
+            states[key] = torch.cat([states[key], *[s[key][:, None] for s in imagined]], 1)
+        image = self.decoder(self.rssm.full_state(states))["image"]  # (B, T, H, W, 3)
+        return ((image.float() + 0.5) * 255).clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,83 @@
+"""Train a DreamerV3 agent.
+
+    python main.py CONFIG [--KEY VALUE ...] [--max_steps N] [--resume SUFFIX]
+
+CONFIG names a file in configs/ (without .yml). --KEY VALUE overrides any config key by its
+dotted path (--seed 3, --world_model.batch_size 8). --resume 50k continues the run from
+checkpoints/<CONFIG>_<run_name>_50k.pth (or "latest"). Outputs go to metrics/, plots/,
+checkpoints/ and videos/ (under --outdir, the repository by default).
+"""
+
+import sys
+from pathlib import Path
+
+USAGE = (
+    "usage: python main.py CONFIG [--KEY VALUE ...] [--max_steps N] [--resume SUFFIX] "
+    "[--outdir DIR]"
+)
+
+
+def parse_args(argv: list) -> tuple:
+    """Split argv into (config name, overrides [(key, value)], resume suffix, outdir)."""
+    if not argv or argv[0].startswith("-"):
+        raise SystemExit(
+            f"{USAGE}\n"
+            if argv and argv[0] in ("-h", "--help")
+            else f"error: no CONFIG given\n{USAGE}"
+        )
+    name, rest = argv[0], argv[1:]
+    overrides, resume, outdir = [], None, None
+    if len(rest) % 2:
+        raise ValueError(f"'{rest[-1]}' has no value; options come in pairs: --KEY VALUE")
+    for flag, value in zip(rest[::2], rest[1::2], strict=True):
+        if not flag.startswith("--"):
+            raise ValueError(f"expected --KEY before '{flag}'")
+        key = flag[2:]
+        if key == "resume":
+            resume = value
+        elif key == "outdir":
+            outdir = Path(value)
+        elif key == "max_steps":
+            overrides.append(("train.steps", value))
+        else:
+            overrides.append((key, value))
+    return name, overrides, resume, outdir
+
+
+def main(argv: list) -> int:
+    from natural_dreamer.checkpoint import CheckpointError
+    from natural_dreamer.config import ROOT, ConfigError, load_config
+
+    try:
+        name, overrides, resume, outdir = parse_args(argv)
+        config = load_config(name, overrides)
+    except (ConfigError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    from natural_dreamer.loop import Trainer
+
+    try:
+        trainer = Trainer(config, root=outdir or ROOT)
+        if resume:
+            trainer.resume(resume)
+    except (ConfigError, CheckpointError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"{trainer.run}: {config.env.suite} {config.env.task} ({config.env.obs}), "
+        f"preset {config.model.preset}, device {trainer.device}, precision {config.precision}",
+        file=sys.stderr,
+    )
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        print(
+            "interrupted: saved checkpoint 'latest'; continue with --resume latest", file=sys.stderr
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

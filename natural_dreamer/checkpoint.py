@@ -1,0 +1,74 @@
+"""Checkpoint files: written atomically, read without running any code.
+
+A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads with
+torch.load(weights_only=True): a file crafted to execute code when unpickled is refused.
+"""
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+def save_checkpoint(state: dict, path: Path, latest: Path | None = None) -> None:
+    """Write state to path via a temporary file and a rename, so a crash mid-save leaves the
+    previous file intact; then point `latest` at it with a hard link (no second copy)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+    if latest is not None:
+        link = latest.with_name(f".{latest.name}.tmp")
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+        os.replace(link, latest)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint safely; a truncated, corrupted or code-carrying file raises
+    CheckpointError naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        raise CheckpointError(f"cannot load checkpoint {path}: {first_line[:200]}") from None
+
+
+def suffixes(folder: Path, run: str) -> list:
+    """The suffixes of the checkpoints of a run that exist, e.g. ["1k", "2k", "latest"]."""
+    found = [p.name[len(run) + 1 : -len(".pth")] for p in folder.glob(f"{run}_*.pth")]
+    return sorted(
+        found,
+        key=lambda s: (s == "latest", float(s[:-1]) if s[:-1].replace(".", "").isdigit() else 0),
+    )
+
+
+def numpy_to_torch(tree):
+    """Convert NumPy arrays in a nested dict to tensors (safe to load); leaves others."""
+    if isinstance(tree, dict):
+        return {key: numpy_to_torch(value) for key, value in tree.items()}
+    if isinstance(tree, np.ndarray):
+        return torch.from_numpy(tree)
+    return tree
+
+
+def torch_to_numpy(tree):
+    """The inverse of numpy_to_torch."""
+    if isinstance(tree, dict):
+        return {key: torch_to_numpy(value) for key, value in tree.items()}
+    if isinstance(tree, torch.Tensor):
+        return tree.numpy()
+    return tree
+
+
+def suffix_of(gradient_steps: int) -> str:
+    """The file suffix for a number of gradient steps: 10000 -> "10k", 50 -> "0.05k"."""
+    return f"{gradient_steps / 1000:g}k"

@@ -1,0 +1,298 @@
+"""The training loop: prefill, then alternate collecting and training; log, save, evaluate.
+
+    prefill with random actions
+    repeat until the budget of environment steps is spent:
+        one policy step in the environment (stored in the replay buffer)
+        gradient steps, as many as train_ratio asks for
+        every log_every env steps: a metrics row; every checkpoint_every updates: save + eval
+
+train_ratio counts replayed steps (B * T) per policy step, as in the paper: at 512 with
+B * T = 1024 there is one gradient step every 2 policy steps (4 env steps at action repeat 2).
+"""
+
+import collections
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from natural_dreamer.buffer import ReplayBuffer
+from natural_dreamer.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    numpy_to_torch,
+    save_checkpoint,
+    suffix_of,
+    suffixes,
+    torch_to_numpy,
+)
+from natural_dreamer.collector import AgentPolicy, Collector, RandomPolicy, run_episode
+from natural_dreamer.config import ROOT, flatten, save_config
+from natural_dreamer.dreamer import Dreamer
+from natural_dreamer.envs import make_env
+from natural_dreamer.logger import MetricsLogger
+from natural_dreamer.utils import pick_device, seed_everything
+from natural_dreamer.video import side_by_side, write_video
+
+# Keys that may differ between a checkpoint's config and a resumed run's.
+RESUMABLE_CHANGES = {"train.steps", "device"}
+
+
+class StopRequest(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised inside the loop when SIGINT or SIGTERM arrives, after which we save and exit."""
+
+
+class Trainer:
+    """Owns one run: environment, agent, replay buffer, counters and output files.
+
+    config: a resolved config (load_config); root: the folder holding metrics/, plots/,
+    checkpoints/ and videos/ (the repository by default).
+    """
+
+    def __init__(self, config, root: Path = ROOT, quiet: bool = False):
+        self.config, self.root, self.quiet = config, Path(root), quiet
+        self.run = f"{config.config_name}_{config.run_name}"
+        seed_everything(config.seed)
+        self.device = pick_device(config.device)
+        self.env = make_env(config.env, seed=config.seed)
+        self.eval_env = make_env(config.env, seed=config.seed + 10_000)
+        env = self.env
+        self.agent = Dreamer(env.obs_space, env.action_size, env.discrete, config, self.device)
+        capacity = min(config.train.replay_capacity, config.train.steps)
+        self.buffer = ReplayBuffer(capacity + 1, env.obs_space, env.action_size, config.seed)
+        self.collector = Collector(env, self.buffer)
+        self.random_policy = RandomPolicy(env.action_size, env.discrete, config.seed)
+        self.policy = AgentPolicy(self.agent)
+        self.env_steps = self.policy_steps = self.gradient_steps = self.episodes = 0
+        self.train_policy_steps = 0  # policy steps since training began (train_ratio credit)
+        self.returns = collections.deque(maxlen=10)
+        self.interval = collections.defaultdict(list)  # metrics since the last row
+        self.wall_offset, self.start_time = 0.0, time.time()
+        self.next_checkpoint = config.train.checkpoint_every
+        self.logger = None
+
+    def path(self, folder: str, name: str) -> Path:
+        return self.root / folder / name
+
+    @property
+    def updates_per_policy_step(self) -> float:
+        wm = self.config.world_model
+        return self.config.train.train_ratio / (wm.batch_size * wm.batch_length)
+
+    def train(self) -> None:
+        """Run until config.train.steps environment steps; Ctrl-C saves, then re-raises."""
+        cfg = self.config.train
+        self.logger = MetricsLogger(
+            self.path("metrics", f"{self.run}.csv"),
+            self.path("plots", f"{self.run}.html"),
+            title=self.run,
+            resume_from_env_steps=self.env_steps,
+        )
+        save_config(self.config, self.path("checkpoints", f"{self.run}.yml"))
+        bar = tqdm(total=cfg.steps, initial=self.env_steps, unit="step", disable=self.quiet or None)
+        previous = {
+            sig: signal.signal(sig, self.interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            while self.env_steps < cfg.steps:
+                self.step(bar)
+            self.save_and_evaluate(final=True)
+        except StopRequest:
+            self.save(suffix="latest")
+            raise KeyboardInterrupt from None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            bar.close()
+            self.logger.close()
+            self.env.close()
+            self.eval_env.close()
+
+    def interrupt(self, signum, frame):
+        raise StopRequest(signal.Signals(signum).name)
+
+    def step(self, bar) -> None:
+        """One policy step, the gradient steps it pays for, and any logging or saving due."""
+        cfg = self.config.train
+        training = self.env_steps >= cfg.prefill
+        finished = self.collector.step(self.policy if training else self.random_policy)
+        self.policy_steps += 1
+        self.env_steps += self.env.action_repeat
+        bar.update(self.env.action_repeat)
+        if finished:
+            self.episodes += 1
+            self.returns.append(finished["return"])
+            self.interval["episode_return"].append(finished["return"])
+            self.interval["episode_length"].append(finished["length"])
+            bar.set_postfix(ret=f"{np.mean(self.returns):.1f}", grad=self.gradient_steps)
+        if training and len(self.buffer) >= self.config.world_model.batch_length:
+            self.train_policy_steps += 1
+            owed = self.train_policy_steps * self.updates_per_policy_step
+            while self.gradient_steps < int(owed):
+                self.gradient_step()
+        if self.env_steps % cfg.log_every < self.env.action_repeat:
+            self.log_row()
+        if finished and self.gradient_steps >= self.next_checkpoint:
+            # Saving at an episode boundary lets a resumed run start exactly where this left.
+            self.save_and_evaluate()
+
+    def gradient_step(self) -> None:
+        wm = self.config.world_model
+        metrics = self.agent.train_step(self.buffer.sample(wm.batch_size, wm.batch_length))
+        for key, value in metrics.items():
+            if not np.isfinite(value):
+                raise FloatingPointError(
+                    f"{key} became {value} at gradient step {self.gradient_steps}"
+                )
+            self.interval[key].append(value)
+        self.gradient_steps += 1
+
+    def log_row(self, extra: dict | None = None) -> None:
+        """Write one CSV row: counters, means over the interval, and wall time."""
+        row = {"env_steps": self.env_steps, "gradient_steps": self.gradient_steps}
+        row["episode_return"] = np.mean(self.interval.pop("episode_return", [np.nan]))
+        row["return_last10"] = np.mean(self.returns) if self.returns else np.nan
+        row.update({key: float(np.mean(values)) for key, values in self.interval.items()})
+        row.update(extra or {})
+        row["wall_seconds"] = self.wall_offset + time.time() - self.start_time
+        self.interval.clear()
+        self.logger.log(row)
+        if not self.quiet:
+            tqdm.write(
+                f"{self.run} | env {self.env_steps} | grad {self.gradient_steps} | "
+                f"return {row['return_last10']:.1f} | "
+                f"wm loss {row.get('world_model/loss', np.nan):.2f} | "
+                f"{row['wall_seconds']:.0f}s"
+            )
+
+    def save_and_evaluate(self, final: bool = False) -> None:
+        """Checkpoint, then evaluate the policy's mode and write the videos.
+
+        The file is named by the gradient steps rounded down to a multiple of
+        checkpoint_every (the save waits for the episode's end), or exactly at the end.
+        """
+        every = self.config.train.checkpoint_every
+        steps = self.gradient_steps if final else self.gradient_steps // every * every
+        if final and self.gradient_steps < self.next_checkpoint - every + 1:
+            return  # the last checkpoint already holds this state
+        self.next_checkpoint = (self.gradient_steps // every + 1) * every
+        suffix = suffix_of(steps)
+        self.save(suffix)
+        episodes = self.config.train.eval_episodes
+        scores = [self.evaluate(suffix, video=(i == 0)) for i in range(episodes)]
+        if scores:  # reported with the next metrics row
+            self.interval["eval_return"].append(float(np.mean(scores)))
+        if final:
+            self.log_row()
+
+    def evaluate(self, suffix: str, video: bool) -> float:
+        """One episode with the policy's mode; writes the evaluation and dream videos."""
+        video = video and self.config.train.video
+        score, frames = run_episode(
+            self.eval_env, AgentPolicy(self.agent, explore=False), render=video
+        )
+        if video:
+            write_video(self.path("videos", f"{self.run}_{suffix}_eval_{score:.0f}.mp4"), frames)
+            if "image" in self.eval_env.obs_space:
+                self.write_dream(suffix)
+        return score
+
+    def write_dream(self, suffix: str, length: int = 50) -> None:
+        """Real frames beside open-loop predictions from a context of 5 frames."""
+        collector = Collector(
+            self.eval_env,
+            buffer=ReplayBuffer(length + 2, self.eval_env.obs_space, self.eval_env.action_size),
+        )
+        collector.reset()
+        policy = AgentPolicy(self.agent, explore=False)
+        while len(collector.buffer) < length and not collector.step(policy):
+            pass
+        data = collector.buffer.data
+        size = len(collector.buffer)
+        obs = {"image": torch.as_tensor(data["image"][None, :size], device=self.device)}
+        actions = torch.as_tensor(data["action"][None, :size], device=self.device)
+        predicted = self.agent.world_model.dream(obs, actions, context=5)[0].cpu().numpy()
+        write_video(
+            self.path("videos", f"{self.run}_{suffix}_dream.mp4"),
+            side_by_side(data["image"][:size], predicted),
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "agent": self.agent.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.agent.optimizers.items()},
+            "buffer": numpy_to_torch(self.buffer.state_dict()),
+            "counters": {
+                "env_steps": self.env_steps,
+                "policy_steps": self.policy_steps,
+                "gradient_steps": self.gradient_steps,
+                "train_policy_steps": self.train_policy_steps,
+                "episodes": self.episodes,
+                "next_checkpoint": self.next_checkpoint,
+                "wall_seconds": self.wall_offset + time.time() - self.start_time,
+                "returns": list(self.returns),
+            },
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "python": list(random.getstate()[1]),
+                "random_policy": self.random_policy.rng.bit_generator.state,
+            },
+            "config": self.config.to_dict(),
+        }
+
+    def save(self, suffix: str) -> Path:
+        path = self.path("checkpoints", f"{self.run}_{suffix}.pth")
+        latest = self.path("checkpoints", f"{self.run}_latest.pth")
+        save_checkpoint(self.state_dict(), path, latest=None if suffix == "latest" else latest)
+        if not self.quiet:
+            tqdm.write(f"saved {path}")
+        return path
+
+    def resume(self, suffix: str) -> None:
+        """Restore everything from checkpoints/<run>_<suffix>.pth."""
+        path = self.path("checkpoints", f"{self.run}_{suffix}.pth")
+        if not path.is_file():
+            have = suffixes(path.parent, self.run)
+            listing = ", ".join(have) if have else "none yet"
+            raise CheckpointError(
+                f"no checkpoint {path.name}; checkpoints of {self.run}: {listing}"
+            )
+        state = load_checkpoint(path)
+        self.check_config(state.get("config", {}), path)
+        self.agent.load_state_dict(state["agent"])
+        for name, opt in self.agent.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        self.buffer.load_state_dict(torch_to_numpy(state["buffer"]))
+        counters = state["counters"]
+        for key in (
+            "env_steps",
+            "policy_steps",
+            "gradient_steps",
+            "train_policy_steps",
+            "episodes",
+            "next_checkpoint",
+        ):
+            setattr(self, key, counters[key])
+        self.returns.extend(counters["returns"])
+        self.wall_offset = counters["wall_seconds"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate((3, tuple(state["rng"]["python"]), None))
+        self.random_policy.rng.bit_generator.state = state["rng"]["random_policy"]
+
+    def check_config(self, saved: dict, path: Path) -> None:
+        """Refuse a checkpoint from another config or model size, naming the keys that differ."""
+        ours, theirs = flatten(self.config.to_dict()), flatten(saved)
+        differ = sorted(
+            k
+            for k in ours.keys() | theirs.keys()
+            if ours.get(k) != theirs.get(k) and k not in RESUMABLE_CHANGES
+        )
+        if differ:
+            details = "; ".join(
+                f"{k}: checkpoint {theirs.get(k)!r}, now {ours.get(k)!r}" for k in differ[:6]
+            )
+            raise CheckpointError(f"{path.name} was made with a different config ({details})")
