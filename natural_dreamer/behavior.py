@@ -1,7 +1,8 @@
 """Behaviour learning in imagination: the actor, the critic and the return normaliser.
 
-behavior_training (paper eq. 6-8) starts from every posterior state of the replayed batch,
-rolls the world model forward H steps with the actor, and
+behavior_training (paper, "Critic learning" and "Actor learning") starts from every
+posterior state of the replayed batch, rolls the world model forward H steps with the actor,
+and
   - trains the critic on lambda-returns R_t (two-hot NLL), regularised toward an EMA copy of
     itself, plus a replay value loss on the real sequences (v2);
   - trains the actor by REINFORCE on sg((R_t - v_t) / max(1, S)) plus an entropy bonus, where
@@ -40,7 +41,7 @@ class Actor(nn.Module):
 
 
 class ReturnNormalizer(nn.Module):
-    """S = EMA of (Per95(R) - Per5(R)); returns are divided by max(1, S) (paper eq. 8).
+    """S = EMA of (Per95(R) - Per5(R)); returns are divided by max(1, S) (paper, "Actor learning").
 
     The floor keeps small returns from being blown up into noise (sparse rewards).
     """

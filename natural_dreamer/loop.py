@@ -73,6 +73,7 @@ class Trainer:
         self.interval = collections.defaultdict(list)  # metrics since the last row
         self.wall_offset, self.start_time = 0.0, time.time()
         self.next_checkpoint = config.train.checkpoint_every
+        self.saved_at = -1  # gradient steps at the last save
         self.logger = None
 
     def path(self, folder: str, name: str) -> Path:
@@ -177,7 +178,7 @@ class Trainer:
         """
         every = self.config.train.checkpoint_every
         steps = self.gradient_steps if final else self.gradient_steps // every * every
-        if final and self.gradient_steps < self.next_checkpoint - every + 1:
+        if final and self.saved_at == self.gradient_steps:
             return  # the last checkpoint already holds this state
         self.next_checkpoint = (self.gradient_steps // every + 1) * every
         suffix = suffix_of(steps)
@@ -245,6 +246,7 @@ class Trainer:
         }
 
     def save(self, suffix: str) -> Path:
+        self.saved_at = self.gradient_steps
         path = self.path("checkpoints", f"{self.run}_{suffix}.pth")
         latest = self.path("checkpoints", f"{self.run}_latest.pth")
         save_checkpoint(self.state_dict(), path, latest=None if suffix == "latest" else latest)

@@ -195,7 +195,8 @@ class MultiDecoder(nn.Module):
     def loss(self, feat: torch.Tensor, obs: dict) -> dict:
         """Per-kind reconstruction losses of shape (...): squared error summed over elements.
 
-        Images: target x / 255 - 0.5 (no symlog); vectors: target symlog(x) (paper eq. 9).
+        Images: target x / 255 - 0.5 (no symlog); vectors: target symlog(x)
+        (paper, "Robust predictions": symlog).
         """
         pred, losses = self(feat), {}
         if self.image is not None:

@@ -1,6 +1,6 @@
 """The recurrent state-space model (RSSM): the world model's sense of time.
 
-The model state has two parts (paper eq. 1):
+The model state has two parts (paper, "World model learning"):
   recurrent_state h_t = f(h_{t-1}, z_{t-1}, a_{t-1})      deterministic, a normalised GRU
   latent_state    z_t ~ q(z_t | h_t, x_t)  (posterior)     32 categoricals, one-hot samples
                   z_t ~ p(z_t | h_t)       (prior)         the same net, without the image
@@ -135,7 +135,7 @@ class RSSM(nn.Module):
         return {"deter": deter, "stoch": sample_one_hot(logits)}, logits
 
     def observe(self, embed, actions, is_first, state=None):
-        """Filter a batch of sequences (paper eq. 1, representation model).
+        """Filter a batch of sequences (the paper's encoder / representation model).
 
         embed (B, T, E); actions (B, T, A) where actions[:, t] was taken at step t, so step t
         is driven by actions[:, t - 1] (zero before the first); is_first (B, T) bool.

@@ -1,8 +1,8 @@
 """Small numerical tools shared by every part of the agent.
 
-symlog / symexp squash values of any scale into a range networks can predict (paper eq. 9),
-two_hot turns a scalar target into a distribution over bins (eq. 10), and lambda_returns
-computes the TD(lambda) targets of imagined trajectories (eq. 7).
+symlog / symexp squash values of any scale into a range networks can predict, two_hot turns
+a scalar target into a distribution over bins (both: paper, "Robust predictions"), and
+lambda_returns computes the TD(lambda) targets of imagined trajectories ("Critic learning").
 """
 
 import random
@@ -12,7 +12,7 @@ import torch
 
 
 def symlog(x: torch.Tensor) -> torch.Tensor:
-    """symlog(x) = sign(x) * ln(|x| + 1), elementwise (paper eq. 9)."""
+    """symlog(x) = sign(x) * ln(|x| + 1), elementwise (paper, "Robust predictions": symlog)."""
     return torch.sign(x) * torch.log1p(torch.abs(x))
 
 
@@ -22,7 +22,7 @@ def symexp(x: torch.Tensor) -> torch.Tensor:
 
 
 def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """Encode scalars as weights on their two neighbouring bins (paper eq. 10).
+    """Encode scalars as weights on their two neighbouring bins (paper, "Robust predictions").
 
     Args:
         x: (...) values to encode.
@@ -52,7 +52,7 @@ def lambda_returns(
     continues: torch.Tensor,
     lambda_: float = 0.95,
 ) -> torch.Tensor:
-    """TD(lambda) returns of a trajectory (paper eq. 7).
+    """TD(lambda) returns of a trajectory (paper, "Critic learning").
 
     R_t = rewards[t] + continues[t] * ((1 - lambda_) * values[t + 1] + lambda_ * R_{t+1}),
     bootstrapped with R_H = values[H].

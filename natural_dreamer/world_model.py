@@ -1,6 +1,6 @@
 """The world model: encoder, RSSM, decoder, reward and continue heads, and their losses.
 
-world_model_training (paper eq. 3-5) minimises, averaged over the (B, T) batch,
+world_model_training (paper, "World model learning") minimises, averaged over the (B, T) batch,
     L = L_pred + dyn * L_dyn + rep * L_rep
     L_pred = reconstruction + reward NLL (two-hot) + continue NLL (Bernoulli)
     L_dyn  = max(free, KL[sg(posterior) || prior])   trains the prior (dynamics predictor)
@@ -25,7 +25,7 @@ from natural_dreamer.rssm import RSSM
 
 
 def kl_loss(post_logits, prior_logits, free: float):
-    """Balanced KL terms with free bits (paper eq. 5).
+    """Balanced KL terms with free bits (paper, "World model learning").
 
     post_logits, prior_logits: (B, T, S, C). Returns (dyn, rep, kl), each (B, T): the loss
     that trains the prior, the loss that trains the posterior, and the raw KL.

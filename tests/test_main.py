@@ -1,0 +1,118 @@
+"""The real entry point, end to end: train, checkpoint, resume, plot, video, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from natural_dreamer.video import read_video
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_main(*args, outdir, timeout=240):
+    return subprocess.run(
+        [sys.executable, "main.py", *args, "--outdir", str(outdir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    result = run_main("smoke", outdir=out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_smoke_writes_every_output(smoke_run):
+    out, _ = smoke_run
+    metrics = pd.read_csv(out / "metrics" / "smoke_run.csv")
+    assert list(metrics.columns[:3]) == ["env_steps", "gradient_steps", "episode_return"]
+    assert metrics["env_steps"].is_monotonic_increasing and metrics["env_steps"].iloc[-1] == 600
+    assert metrics["gradient_steps"].iloc[-1] == 100  # (600 - 200 prefill) * 16 / 64
+    assert metrics["world_model/loss"].notna().any() and "eval_return" in metrics
+    assert (out / "plots" / "smoke_run.html").is_file() and (
+        out / "plots" / "plotly.min.js"
+    ).is_file()
+    names = sorted(p.name for p in (out / "checkpoints").glob("*.pth"))
+    assert names == ["smoke_run_0.05k.pth", "smoke_run_0.1k.pth", "smoke_run_latest.pth"]
+    assert (out / "checkpoints" / "smoke_run.yml").is_file()
+    videos = sorted((out / "videos").glob("smoke_run_0.1k_eval_*.mp4"))
+    assert videos, list((out / "videos").iterdir())
+    frames = read_video(videos[0])
+    assert frames.shape[0] == 201 and frames.shape[-1] == 3  # reset frame + 200 steps
+
+
+def test_resume_continues_the_same_run(smoke_run, tmp_path):
+    out, _ = smoke_run
+    result = run_main("smoke", "--resume", "0.1k", "--max_steps", "1000", outdir=out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = pd.read_csv(out / "metrics" / "smoke_run.csv")
+    steps = metrics["env_steps"].tolist()
+    assert steps == sorted(steps) and len(set(steps)) == len(steps), steps  # no duplicate rows
+    assert steps[-1] == 1000 and metrics["gradient_steps"].iloc[-1] == 200
+    header_lines = (out / "metrics" / "smoke_run.csv").read_text().count("env_steps")
+    assert header_lines == 1
+
+
+def test_unknown_config_lists_available(tmp_path):
+    result = run_main("walker_wlak", outdir=tmp_path)
+    assert result.returncode == 2
+    assert "unknown config 'walker_wlak'" in result.stderr and "smoke" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_key_names_closest(tmp_path):
+    result = run_main("smoke", "--world_model.batch_sise", "8", outdir=tmp_path)
+    assert result.returncode == 2 and "world_model.batch_size" in result.stderr
+    assert not (tmp_path / "metrics").exists()
+
+
+def test_resume_without_checkpoint_lists_existing(smoke_run):
+    out, _ = smoke_run
+    result = run_main("smoke", "--resume", "7k", outdir=out)
+    assert result.returncode == 2
+    assert "0.05k" in result.stderr and "latest" in result.stderr
+
+
+def test_ctrl_c_saves_and_exits_130(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "main.py", "smoke", "--outdir", str(tmp_path), "--max_steps", "100000"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    csv = tmp_path / "metrics" / "smoke_run.csv"
+    while time.time() < deadline and not (csv.exists() and csv.read_text().count("\n") >= 3):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert (tmp_path / "checkpoints" / "smoke_run_latest.pth").is_file()
+    assert "--resume latest" in stderr
+
+
+def test_dmc_pixels_run_a_few_steps_with_dream_video(tmp_path):
+    args = [
+        "walker_walk",
+        *("--max_steps", "120", "--env.time_limit", "60", "--model.preset", "1m"),
+        *("--world_model.batch_size", "2", "--world_model.batch_length", "8"),
+        *("--behavior.horizon", "3", "--train.prefill", "60", "--train.train_ratio", "16"),
+        *("--train.checkpoint_every", "2", "--train.log_every", "60"),
+    ]
+    result = run_main(*args, outdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    dream = sorted((tmp_path / "videos").glob("walker_walk_run_*_dream.mp4"))
+    assert dream, os.listdir(tmp_path / "videos")
+    frames = read_video(dream[-1])
+    assert frames.shape[2] > frames.shape[1]  # real beside predicted: twice as wide
