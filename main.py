@@ -61,6 +61,8 @@ def main(argv: list) -> int:
         trainer = Trainer(config, root=outdir or ROOT)
         if resume:
             trainer.resume(resume)
+        else:
+            trainer.refuse_to_overwrite()
     except (ConfigError, CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -76,6 +78,9 @@ def main(argv: list) -> int:
             "interrupted: saved checkpoint 'latest'; continue with --resume latest", file=sys.stderr
         )
         return 130
+    except FloatingPointError as error:
+        print(f"error: {error}; the newest checkpoint is the last good state", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -120,7 +120,46 @@ def load_config(name: str, overrides=None) -> AttrDict:
             value = parse_scalar(value)
         set_key(config, key, value, defaults, "the command line")
     config["config_name"] = name
-    return AttrDict(config)
+    config = AttrDict(config)
+    validate(config)
+    return config
+
+
+# (dotted key, smallest allowed value) for every key that must be a positive size or count.
+LOWER_BOUNDS = {
+    "world_model.batch_size": 1,
+    "world_model.batch_length": 2,
+    "behavior.horizon": 1,
+    "behavior.discount_horizon": 1,
+    "model.stoch": 1,
+    "model.bins": 3,
+    "env.image_size": 16,
+    "env.action_repeat": 1,
+    "env.time_limit": 1,
+    "train.steps": 1,
+    "train.replay_capacity": 2,
+    "train.log_every": 1,
+    "train.checkpoint_every": 1,
+}
+
+
+def validate(config: AttrDict) -> None:
+    """Refuse values no run can use, with the reason in the message."""
+    flat = flatten(config.to_dict())
+    for key, low in LOWER_BOUNDS.items():
+        if flat[key] < low:
+            raise ConfigError(f"{key} must be at least {low}, got {flat[key]}")
+    if config.train.train_ratio <= 0:
+        raise ConfigError(f"train.train_ratio must be positive, got {config.train.train_ratio}")
+    if config.env.image_size % 16:
+        raise ConfigError(f"env.image_size must be a multiple of 16, got {config.env.image_size}")
+    if config.model.bins % 2 == 0:
+        raise ConfigError(f"model.bins must be odd (a bin sits at 0), got {config.model.bins}")
+    if not 0 <= config.behavior.lambda_ <= 1:
+        raise ConfigError(f"behavior.lambda_ must lie in [0, 1], got {config.behavior.lambda_}")
+    for key in ("train.prefill", "train.eval_episodes"):
+        if flat[key] < 0:
+            raise ConfigError(f"{key} must not be negative, got {flat[key]}")
 
 
 def parse_scalar(text: str):

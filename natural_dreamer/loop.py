@@ -254,6 +254,17 @@ class Trainer:
             tqdm.write(f"saved {path}")
         return path
 
+    def refuse_to_overwrite(self) -> None:
+        """A new run must not write over another run's outputs."""
+        taken = [self.path("metrics", f"{self.run}.csv")]
+        taken += sorted(self.path("checkpoints", "").glob(f"{self.run}_*.pth"))
+        taken = [p for p in taken if p.exists()]
+        if taken:
+            raise CheckpointError(
+                f"run '{self.run}' already has outputs ({taken[0].relative_to(self.root)} ...): "
+                "continue it with --resume latest, or start another with --run_name NAME"
+            )
+
     def resume(self, suffix: str) -> None:
         """Restore everything from checkpoints/<run>_<suffix>.pth."""
         path = self.path("checkpoints", f"{self.run}_{suffix}.pth")

@@ -116,3 +116,64 @@ def test_dmc_pixels_run_a_few_steps_with_dream_video(tmp_path):
     assert dream, os.listdir(tmp_path / "videos")
     frames = read_video(dream[-1])
     assert frames.shape[2] > frames.shape[1]  # real beside predicted: twice as wide
+
+
+def test_a_new_run_never_overwrites_another(smoke_run):
+    out, _ = smoke_run
+    before = (out / "metrics" / "smoke_run.csv").read_bytes()
+    result = run_main("smoke", outdir=out)
+    assert result.returncode == 2 and "--resume latest" in result.stderr
+    assert (out / "metrics" / "smoke_run.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("world_model.batch_length", "1", "batch_length must be at least 2"),
+        ("train.train_ratio", "0", "train_ratio must be positive"),
+        ("env.image_size", "40", "multiple of 16"),
+        ("world_model.batch_size", "-3", "batch_size must be at least 1"),
+        ("env.task", "Pendulum-v99", "Pendulum-v99"),
+    ],
+)
+def test_impossible_values_stop_with_one_line(tmp_path, key, value, message):
+    result = run_main("smoke", f"--{key}", value, outdir=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_truncated_checkpoint_is_named(smoke_run):
+    out, _ = smoke_run
+    good = (out / "checkpoints" / "smoke_run_0.05k.pth").read_bytes()
+    (out / "checkpoints" / "smoke_run_cut.pth").write_bytes(good[: len(good) // 2])
+    result = run_main("smoke", "--resume", "cut", outdir=out)
+    assert result.returncode == 2 and "smoke_run_cut.pth" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_checkpoint_from_another_model_lists_the_differences(smoke_run):
+    out, _ = smoke_run
+    result = run_main("smoke", "--resume", "0.05k", "--model.preset", "12m", outdir=out)
+    assert result.returncode == 2 and "model.preset" in result.stderr
+
+
+class CodeOnLoad:
+    """Unpickling this runs a shell command: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_cannot_run_code(smoke_run, tmp_path):
+    import torch
+
+    out, _ = smoke_run
+    marker = tmp_path / "code_ran"
+    torch.save({"agent": CodeOnLoad(marker)}, out / "checkpoints" / "smoke_run_evil.pth")
+    result = run_main("smoke", "--resume", "evil", outdir=out)
+    assert result.returncode == 2 and "smoke_run_evil.pth" in result.stderr
+    assert not marker.exists()
