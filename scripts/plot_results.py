@@ -1,6 +1,7 @@
 """Draw the README's learning curves: one PNG per run from its metrics CSV.
 
-python scripts/plot_results.py metrics/pendulum_seed0.csv --target -200 --out docs/figures/pendulum.png
+    python scripts/plot_results.py metrics/pendulum_seed0.csv --target -200 \
+        --out docs/figures/pendulum.png
 """
 
 import argparse
