@@ -39,9 +39,10 @@ class AgentPolicy:
 class Collector:
     """Runs one environment, writing each step into a replay buffer (or nowhere)."""
 
-    def __init__(self, env, buffer=None):
-        self.env, self.buffer = env, buffer
+    def __init__(self, env, buffer=None, seed: int | None = None):
+        self.env, self.buffer, self.seed = env, buffer, seed
         self.obs = None
+        self.episodes = 0  # finished episodes; with a seed, episode k starts from seed + k
         self.episode_return, self.episode_length = 0.0, 0
 
     def step(self, policy):
@@ -57,11 +58,12 @@ class Collector:
             return None
         self.store(self.obs, np.zeros_like(action))
         self.obs = None
+        self.episodes += 1
         return {"return": self.episode_return, "length": self.episode_length}
 
     def reset(self) -> None:
         """Start a new episode."""
-        self.obs = self.env.reset()
+        self.obs = self.env.reset(None if self.seed is None else self.seed + self.episodes)
         self.episode_return, self.episode_length = 0.0, 0
 
     def store(self, obs: dict, action: np.ndarray) -> None:
@@ -69,9 +71,12 @@ class Collector:
             self.buffer.add({**obs, "action": action})
 
 
-def run_episode(env, policy, render: bool = False):
-    """Play one whole episode without storing it; returns (return, frames (N, H, W, 3) or None)."""
-    collector = Collector(env)
+def run_episode(env, policy, render: bool = False, seed: int | None = None):
+    """Play one whole episode without storing it, starting from `seed` when given.
+
+    Returns (episode return, frames (N, H, W, 3) uint8 or None).
+    """
+    collector = Collector(env, seed=seed)
     collector.reset()
     frames = [env.render()] if render else []
     while True:

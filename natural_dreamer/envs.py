@@ -147,9 +147,13 @@ class Env:
             self.obs_space["image"] = ((image_size, image_size, 3), np.dtype(np.uint8))
         self._phase = "new"  # "new" -> "running" -> "ended" -> (reset) "running"
 
-    def reset(self) -> dict:
-        """Start an episode; returns the first step dict (reward 0.0, is_first True)."""
-        obs = self._reset()
+    def reset(self, seed: int | None = None) -> dict:
+        """Start an episode; returns the first step dict (reward 0.0, is_first True).
+
+        A seed makes this episode's start a function of the seed alone (the training loop
+        seeds each episode by its index, so a resumed run meets the same episodes).
+        """
+        obs = self._reset(seed)
         self._phase = "running"
         return self._step_dict(obs, 0.0, first=True, terminal=False, last=False)
 
@@ -191,7 +195,7 @@ class Env:
         flags = {"is_first": first, "is_last": last, "is_terminal": terminal}
         return {**obs, "reward": np.float32(reward), **flags}
 
-    def _reset(self) -> dict:
+    def _reset(self, seed: int | None) -> dict:
         raise NotImplementedError
 
     def _step(self, env_action) -> tuple[dict, float, bool, bool]:
@@ -260,7 +264,9 @@ class DMCEnv(Env):
         self._camera = None
         self.dmc_env.close()
 
-    def _reset(self) -> dict:
+    def _reset(self, seed: int | None) -> dict:
+        if seed is not None:
+            self.dmc_env.task.random.seed(seed)
         self._env_steps = 0
         return self._observe(self.dmc_env.reset())
 
@@ -366,9 +372,9 @@ class GymEnv(Env):
         """Close the gymnasium env."""
         self.gym_env.close()
 
-    def _reset(self) -> dict:
-        # Seed only the first reset: later resets continue the seeded random stream.
-        raw_obs, _ = self.gym_env.reset(seed=self._seed)
+    def _reset(self, seed: int | None) -> dict:
+        # Without a seed, only the first reset is seeded; later ones continue its stream.
+        raw_obs, _ = self.gym_env.reset(seed=self._seed if seed is None else seed)
         self._seed = None
         self._env_steps = 0
         return self._observe(raw_obs)
@@ -449,7 +455,7 @@ class ToyEnv(Env):
         """Return a (image_size, image_size, 3) uint8 frame filled with t * 10 (mod 256)."""
         return np.full((self.image_size, self.image_size, 3), (self._t * 10) % 256, np.uint8)
 
-    def _reset(self) -> dict:
+    def _reset(self, seed: int | None) -> dict:
         self._t = 0
         return self._observe()
 

@@ -62,12 +62,12 @@ class Trainer:
         self.eval_env = make_env(config.env, seed=config.seed + 10_000)
         env = self.env
         self.agent = Dreamer(env.obs_space, env.action_size, env.discrete, config, self.device)
-        capacity = min(config.train.replay_capacity, config.train.steps)
-        self.buffer = ReplayBuffer(capacity + 1, env.obs_space, env.action_size, config.seed)
-        self.collector = Collector(env, self.buffer)
+        capacity = config.train.replay_capacity  # pages are only touched as steps arrive
+        self.buffer = ReplayBuffer(capacity, env.obs_space, env.action_size, config.seed)
+        self.collector = Collector(env, self.buffer, seed=config.seed)
         self.random_policy = RandomPolicy(env.action_size, env.discrete, config.seed)
         self.policy = AgentPolicy(self.agent)
-        self.env_steps = self.policy_steps = self.gradient_steps = self.episodes = 0
+        self.env_steps = self.policy_steps = self.gradient_steps = 0
         self.train_policy_steps = 0  # policy steps since training began (train_ratio credit)
         self.returns = collections.deque(maxlen=10)
         self.interval = collections.defaultdict(list)  # metrics since the last row
@@ -101,7 +101,6 @@ class Trainer:
         try:
             while self.env_steps < cfg.steps:
                 self.step(bar)
-            self.save_and_evaluate(final=True)
         except StopRequest:
             self.save(suffix="latest")
             raise KeyboardInterrupt from None
@@ -125,7 +124,6 @@ class Trainer:
         self.env_steps += self.env.action_repeat
         bar.update(self.env.action_repeat)
         if finished:
-            self.episodes += 1
             self.returns.append(finished["return"])
             self.interval["episode_return"].append(finished["return"])
             self.interval["episode_length"].append(finished["length"])
@@ -135,11 +133,12 @@ class Trainer:
             owed = self.train_policy_steps * self.updates_per_policy_step
             while self.gradient_steps < int(owed):
                 self.gradient_step()
-        if self.env_steps % cfg.log_every < self.env.action_repeat:
-            self.log_row()
-        if finished and self.gradient_steps >= self.next_checkpoint:
+        done = self.env_steps >= cfg.steps
+        if done or (finished and self.gradient_steps >= self.next_checkpoint):
             # Saving at an episode boundary lets a resumed run start exactly where this left.
-            self.save_and_evaluate()
+            self.save_and_evaluate(final=done)
+        if done or self.env_steps % cfg.log_every < self.env.action_repeat:
+            self.log_row()
 
     def gradient_step(self) -> None:
         wm = self.config.world_model
@@ -184,18 +183,22 @@ class Trainer:
         suffix = suffix_of(steps)
         self.save(suffix)
         episodes = self.config.train.eval_episodes
-        scores = [self.evaluate(suffix, video=(i == 0)) for i in range(episodes)]
+        rng = torch.get_rng_state()  # evaluation must not change the training's random stream
+        scores = [self.evaluate(suffix, index) for index in range(episodes)]
+        torch.set_rng_state(rng)
         if scores:  # reported with the next metrics row
             self.interval["eval_return"].append(float(np.mean(scores)))
-        if final:
-            self.log_row()
 
-    def evaluate(self, suffix: str, video: bool) -> float:
-        """One episode with the policy's mode; writes the evaluation and dream videos."""
-        video = video and self.config.train.video
-        score, frames = run_episode(
-            self.eval_env, AgentPolicy(self.agent, explore=False), render=video
-        )
+    def evaluate(self, suffix: str, index: int) -> float:
+        """One episode with the policy's mode; the first also writes the videos.
+
+        Evaluation episodes are seeded by the gradient step and their index, so a resumed
+        run evaluates on the same episodes as an uninterrupted one.
+        """
+        video = index == 0 and self.config.train.video
+        seed = self.config.seed + 10_000 + self.gradient_steps * 100 + index
+        policy = AgentPolicy(self.agent, explore=False)
+        score, frames = run_episode(self.eval_env, policy, render=video, seed=seed)
         if video:
             write_video(self.path("videos", f"{self.run}_{suffix}_eval_{score:.0f}.mp4"), frames)
             if "image" in self.eval_env.obs_space:
@@ -207,6 +210,7 @@ class Trainer:
         collector = Collector(
             self.eval_env,
             buffer=ReplayBuffer(length + 2, self.eval_env.obs_space, self.eval_env.action_size),
+            seed=self.config.seed + 20_000 + self.gradient_steps,
         )
         collector.reset()
         policy = AgentPolicy(self.agent, explore=False)
@@ -232,7 +236,7 @@ class Trainer:
                 "policy_steps": self.policy_steps,
                 "gradient_steps": self.gradient_steps,
                 "train_policy_steps": self.train_policy_steps,
-                "episodes": self.episodes,
+                "episodes": self.collector.episodes,
                 "next_checkpoint": self.next_checkpoint,
                 "wall_seconds": self.wall_offset + time.time() - self.start_time,
                 "returns": list(self.returns),
@@ -281,15 +285,11 @@ class Trainer:
             opt.load_state_dict(state["optimizers"][name])
         self.buffer.load_state_dict(torch_to_numpy(state["buffer"]))
         counters = state["counters"]
-        for key in (
-            "env_steps",
-            "policy_steps",
-            "gradient_steps",
-            "train_policy_steps",
-            "episodes",
-            "next_checkpoint",
-        ):
+        for key in ("env_steps", "policy_steps", "gradient_steps", "train_policy_steps"):
             setattr(self, key, counters[key])
+        self.next_checkpoint = counters["next_checkpoint"]
+        self.saved_at = self.gradient_steps
+        self.collector.episodes = counters["episodes"]
         self.returns.extend(counters["returns"])
         self.wall_offset = counters["wall_seconds"]
         torch.set_rng_state(state["rng"]["torch"])

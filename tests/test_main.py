@@ -177,3 +177,24 @@ def test_a_checkpoint_cannot_run_code(smoke_run, tmp_path):
     result = run_main("smoke", "--resume", "evil", outdir=out)
     assert result.returncode == 2 and "smoke_run_evil.pth" in result.stderr
     assert not marker.exists()
+
+
+def test_resume_is_exact(tmp_path):
+    """600 steps + checkpoint + resume + 400 steps == 1000 steps uninterrupted (CPU, one seed).
+
+    Also shows that one seed gives the same numbers on one machine.
+    """
+    import torch
+
+    split, whole = tmp_path / "split", tmp_path / "whole"
+    assert run_main("smoke", outdir=split).returncode == 0
+    result = run_main("smoke", "--resume", "latest", "--max_steps", "1000", outdir=split)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_main("smoke", "--max_steps", "1000", outdir=whole)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a = pd.read_csv(split / "metrics" / "smoke_run.csv").drop(columns="wall_seconds")
+    b = pd.read_csv(whole / "metrics" / "smoke_run.csv").drop(columns="wall_seconds")
+    pd.testing.assert_frame_equal(a, b)
+    a = torch.load(split / "checkpoints" / "smoke_run_latest.pth", weights_only=True)["agent"]
+    b = torch.load(whole / "checkpoints" / "smoke_run_latest.pth", weights_only=True)["agent"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
