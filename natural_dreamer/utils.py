@@ -5,6 +5,7 @@ a scalar target into a distribution over bins (both: paper, "Robust predictions"
 lambda_returns computes the TD(lambda) targets of imagined trajectories ("Critic learning").
 """
 
+import os
 import random
 
 import numpy as np
@@ -88,3 +89,8 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device '{name}' was asked for but torch sees no CUDA device")
     return torch.device(name)
+
+
+def fast_mode() -> bool:
+    """True when NATURAL_DREAMER_FAST=1: notebooks and demos shrink to run in seconds."""
+    return os.environ.get("NATURAL_DREAMER_FAST", "0") not in ("", "0", "false", "False")
