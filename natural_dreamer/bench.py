@@ -21,8 +21,9 @@ from natural_dreamer.dreamer import Dreamer
 OBS = {"vector": {"vector": ((24,), np.float32)}, "image": {"image": ((64, 64, 3), np.uint8)}}
 
 
-def random_batch(obs_space: dict, action_size: int, B: int, T: int, seed: int = 0) -> dict:
-    """A (B, T) batch with ReplayBuffer.sample's layout and random contents."""
+def random_batch(obs_space: dict, action_size: int, B: int, T: int, discrete=False, seed=0):
+    """A (B, T) batch with ReplayBuffer.sample's layout and random contents; every sequence
+    starts an episode and none terminates."""
     rng = np.random.default_rng(seed)
     batch = {}
     for key, (shape, dtype) in obs_space.items():
@@ -30,9 +31,15 @@ def random_batch(obs_space: dict, action_size: int, B: int, T: int, seed: int = 
             batch[key] = rng.integers(0, 256, (B, T, *shape), dtype=np.uint8)
         else:
             batch[key] = rng.normal(size=(B, T, *shape)).astype(dtype)
-    batch["action"] = rng.uniform(-1, 1, (B, T, action_size)).astype(np.float32)
+    if discrete:
+        batch["action"] = np.eye(action_size, dtype=np.float32)[
+            rng.integers(0, action_size, (B, T))
+        ]
+    else:
+        batch["action"] = rng.uniform(-1, 1, (B, T, action_size)).astype(np.float32)
     batch["reward"] = rng.normal(size=(B, T)).astype(np.float32)
-    batch["is_first"] = rng.random((B, T)) < 0.01
+    batch["is_first"] = np.zeros((B, T), bool)
+    batch["is_first"][:, 0] = True
     batch["is_terminal"] = np.zeros((B, T), bool)
     return batch
 
