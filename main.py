@@ -55,7 +55,7 @@ def main(argv: list) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    from natural_dreamer.loop import Trainer
+    from natural_dreamer.loop import StopRequest, Trainer
 
     try:
         trainer = Trainer(config, root=outdir or ROOT)
@@ -73,11 +73,9 @@ def main(argv: list) -> int:
     )
     try:
         trainer.train()
-    except KeyboardInterrupt:
-        print(
-            "interrupted: saved checkpoint 'latest'; continue with --resume latest", file=sys.stderr
-        )
-        return 130
+    except StopRequest as stop:
+        print(f"{stop}: saved checkpoint 'latest'; continue with --resume latest", file=sys.stderr)
+        return 128 + stop.signum  # 130 for Ctrl-C, 143 for SIGTERM
     except FloatingPointError as error:
         print(f"error: {error}; the newest checkpoint is the last good state", file=sys.stderr)
         return 1

@@ -98,7 +98,8 @@ class NormalAction:
     """
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor):
-        self.dist = torch.distributions.Normal(mean.float(), std.float())
+        # No argument validation: a NaN must reach the loss, where the trainer names it.
+        self.dist = torch.distributions.Normal(mean.float(), std.float(), validate_args=False)
 
     def sample(self) -> torch.Tensor:
         return self.dist.sample()

@@ -74,10 +74,14 @@ class Dreamer(nn.Module):
 
     def update(self, name: str, loss: torch.Tensor, module: nn.Module) -> torch.Tensor:
         """Backpropagate `loss` into `module` alone and step its optimiser."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the {name} loss became {loss.item()}")
         optimizer = self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = clip_gradients(module.parameters(), self.config)
+        if not torch.isfinite(norm):  # stop before a bad step reaches the parameters
+            raise FloatingPointError(f"the {name} gradient norm became {norm.item()}")
         optimizer.step()
         return norm
 

@@ -43,7 +43,14 @@ RESUMABLE_CHANGES = {"train.steps", "device"}
 
 
 class StopRequest(Exception):  # noqa: N818 (a signal, not an error)
-    """Raised inside the loop when SIGINT or SIGTERM arrives, after which we save and exit."""
+    """Raised inside the loop when SIGINT or SIGTERM arrives; the run saves, then stops.
+
+    `signum` is the signal's number, so the program can exit with status 128 + signum.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class Trainer:
@@ -103,7 +110,7 @@ class Trainer:
                 self.step(bar)
         except StopRequest:
             self.save(suffix="latest")
-            raise KeyboardInterrupt from None
+            raise
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -113,7 +120,7 @@ class Trainer:
             self.eval_env.close()
 
     def interrupt(self, signum, frame):
-        raise StopRequest(signal.Signals(signum).name)
+        raise StopRequest(signum)
 
     def step(self, bar) -> None:
         """One policy step, the gradient steps it pays for, and any logging or saving due."""
@@ -142,7 +149,11 @@ class Trainer:
 
     def gradient_step(self) -> None:
         wm = self.config.world_model
-        metrics = self.agent.train_step(self.buffer.sample(wm.batch_size, wm.batch_length))
+        batch = self.buffer.sample(wm.batch_size, wm.batch_length)
+        try:
+            metrics = self.agent.train_step(batch)
+        except FloatingPointError as error:
+            raise FloatingPointError(f"{error} at gradient step {self.gradient_steps}") from None
         for key, value in metrics.items():
             if not np.isfinite(value):
                 raise FloatingPointError(

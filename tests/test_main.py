@@ -84,7 +84,8 @@ def test_resume_without_checkpoint_lists_existing(smoke_run):
     assert "0.05k" in result.stderr and "latest" in result.stderr
 
 
-def test_ctrl_c_saves_and_exits_130(tmp_path):
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_saves_and_exits(tmp_path, sig, status):
     process = subprocess.Popen(
         [sys.executable, "main.py", "smoke", "--outdir", str(tmp_path), "--max_steps", "100000"],
         cwd=ROOT,
@@ -95,9 +96,9 @@ def test_ctrl_c_saves_and_exits_130(tmp_path):
     csv = tmp_path / "metrics" / "smoke_run.csv"
     while time.time() < deadline and not (csv.exists() and csv.read_text().count("\n") >= 3):
         time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-2000:]
+    assert process.returncode == status, stderr[-2000:]
     assert (tmp_path / "checkpoints" / "smoke_run_latest.pth").is_file()
     assert "--resume latest" in stderr
 
@@ -198,3 +199,14 @@ def test_resume_is_exact(tmp_path):
     a = torch.load(split / "checkpoints" / "smoke_run_latest.pth", weights_only=True)["agent"]
     b = torch.load(whole / "checkpoints" / "smoke_run_latest.pth", weights_only=True)["agent"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_nan_stops_training_and_names_the_loss(tmp_path):
+    # A learning rate of 1e30 blows the world model up on its first update.
+    args = ("--optimizer.world_model_lr", "1e30", "--optimizer.warmup", "1")
+    result = run_main("smoke", *args, outdir=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "world_model loss became" in result.stderr and "at gradient step 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "checkpoints").glob("*.pth"))  # nothing bad was saved
+    assert pd.read_csv(tmp_path / "metrics" / "smoke_run.csv")["env_steps"].tolist() == [200]
