@@ -25,7 +25,7 @@ from plotly.subplots import make_subplots
 # Columns that keep a fixed place whatever order the first row lists them in.
 LEADING_COLUMNS = ("env_steps", "gradient_steps", "episode_return")
 TRAILING_COLUMNS = ("wall_seconds",)
-RETURN_COLUMNS = ("episode_return", "eval_return")
+RETURN_COLUMNS = ("episode_return", "return_last10", "eval_return")
 # Monotone counters, plotted apart so their large scale does not flatten real metrics.
 PROGRESS_COLUMNS = ("gradient_steps", "wall_seconds")
 PLOTLY_BUNDLE = "plotly.min.js"
@@ -232,10 +232,10 @@ def read_metrics(csv_path: str | os.PathLike) -> pd.DataFrame:
 def group_columns(columns: Iterable[str]) -> dict[str, list[str]]:
     """Group metric names into subplots, in display order.
 
-    "return" (episode_return, eval_return) comes first, then one group per name prefix
-    ("world_model/kl" -> "world_model") in first-seen order, then "other" for names without
-    a prefix, then "progress" for the counters gradient_steps and wall_seconds. env_steps is
-    the x axis and belongs to no group. Empty groups are left out.
+    "return" (episode_return, return_last10, eval_return) comes first, then one group per
+    name prefix ("world_model/kl" -> "world_model") in first-seen order, then "other" for
+    names without a prefix, then "progress" for the counters gradient_steps and
+    wall_seconds. env_steps is the x axis and belongs to no group. Empty groups are left out.
     """
     columns = [name for name in columns if name != "env_steps"]
     groups: dict[str, list[str]] = {"return": [n for n in RETURN_COLUMNS if n in columns]}
