@@ -25,16 +25,30 @@ def run_main(*args, outdir, timeout=240):
     )
 
 
+def repository_files():
+    """The repository's top level, and the smoke run's names in its output folders."""
+    names = {p.name for p in ROOT.iterdir()}
+    for folder in ("metrics", "plots", "checkpoints", "videos"):
+        names |= {f"{folder}/{p.name}" for p in (ROOT / folder).glob("smoke*")}
+    return names
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
+    before = repository_files()
     result = run_main("smoke", outdir=out)
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, result
+    return out, result, before
+
+
+def test_nothing_is_written_outside_the_given_outdir(smoke_run):
+    _, _, before = smoke_run
+    assert repository_files() == before
 
 
 def test_smoke_writes_every_output(smoke_run):
-    out, _ = smoke_run
+    out = smoke_run[0]
     metrics = pd.read_csv(out / "metrics" / "smoke_run.csv")
     assert list(metrics.columns[:3]) == ["env_steps", "gradient_steps", "episode_return"]
     assert metrics["env_steps"].is_monotonic_increasing and metrics["env_steps"].iloc[-1] == 600
@@ -53,7 +67,7 @@ def test_smoke_writes_every_output(smoke_run):
 
 
 def test_resume_continues_the_same_run(smoke_run, tmp_path):
-    out, _ = smoke_run
+    out = smoke_run[0]
     result = run_main("smoke", "--resume", "0.1k", "--max_steps", "1000", outdir=out)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = pd.read_csv(out / "metrics" / "smoke_run.csv")
@@ -78,7 +92,7 @@ def test_unknown_key_names_closest(tmp_path):
 
 
 def test_resume_without_checkpoint_lists_existing(smoke_run):
-    out, _ = smoke_run
+    out = smoke_run[0]
     result = run_main("smoke", "--resume", "7k", outdir=out)
     assert result.returncode == 2
     assert "0.05k" in result.stderr and "latest" in result.stderr
@@ -120,7 +134,7 @@ def test_dmc_pixels_run_a_few_steps_with_dream_video(tmp_path):
 
 
 def test_a_new_run_never_overwrites_another(smoke_run):
-    out, _ = smoke_run
+    out = smoke_run[0]
     before = (out / "metrics" / "smoke_run.csv").read_bytes()
     result = run_main("smoke", outdir=out)
     assert result.returncode == 2 and "--resume latest" in result.stderr
@@ -145,7 +159,7 @@ def test_impossible_values_stop_with_one_line(tmp_path, key, value, message):
 
 
 def test_truncated_checkpoint_is_named(smoke_run):
-    out, _ = smoke_run
+    out = smoke_run[0]
     good = (out / "checkpoints" / "smoke_run_0.05k.pth").read_bytes()
     (out / "checkpoints" / "smoke_run_cut.pth").write_bytes(good[: len(good) // 2])
     result = run_main("smoke", "--resume", "cut", outdir=out)
@@ -154,7 +168,7 @@ def test_truncated_checkpoint_is_named(smoke_run):
 
 
 def test_checkpoint_from_another_model_lists_the_differences(smoke_run):
-    out, _ = smoke_run
+    out = smoke_run[0]
     result = run_main("smoke", "--resume", "0.05k", "--model.preset", "12m", outdir=out)
     assert result.returncode == 2 and "model.preset" in result.stderr
 
@@ -172,7 +186,7 @@ class CodeOnLoad:
 def test_a_checkpoint_cannot_run_code(smoke_run, tmp_path):
     import torch
 
-    out, _ = smoke_run
+    out = smoke_run[0]
     marker = tmp_path / "code_ran"
     torch.save({"agent": CodeOnLoad(marker)}, out / "checkpoints" / "smoke_run_evil.pth")
     result = run_main("smoke", "--resume", "evil", outdir=out)
