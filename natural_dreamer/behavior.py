@@ -128,13 +128,21 @@ class Behavior(nn.Module):
         start = {key: value.reshape(B * T, *value.shape[2:]) for key, value in start.items()}
         dynamics = self.actor_grad == "dynamics"
         # Under "dynamics" the actor's gradient passes through these modules, never into them.
-        with frozen(world_model, self.critic), torch.set_grad_enabled(dynamics):
+        with frozen(world_model), torch.set_grad_enabled(dynamics):
             feats, raw_actions = self.imagine(world_model, start)  # (N, H+1, F), (N, H, A)
             rewards = world_model.reward_head(feats[:, 1:]).mean  # (N, H)
             cont = torch.sigmoid(world_model.continue_head(feats[:, 1:]).float())  # (N, H)
-            values = self.critic(feats).mean  # (N, H + 1)
-            discounts = self.discount * cont
-            returns = lambda_returns(rewards, values, discounts, self.lambda_)  # (N, H)
+        # One critic pass over the imagined states: its loss trains the critic, and its mean
+        # is v_t for the returns. Under "dynamics" v_t must pass gradient to the actor through
+        # the world model (never into the critic), which takes a second, frozen pass.
+        critic_dist = self.critic(feats.detach())  # logits (N, H + 1, K)
+        if dynamics:
+            with frozen(self.critic):
+                values = self.critic(feats).mean  # (N, H + 1)
+        else:
+            values = critic_dist.mean.detach()
+        discounts = self.discount * cont
+        returns = lambda_returns(rewards, values, discounts, self.lambda_)  # (N, H)
         # weight_t = c_0 * prod_{i<=t} gamma * c_i: how likely the imagined step is reached.
         start_alive = 1.0 - batch["is_terminal"].float().reshape(B * T, 1)
         weight = start_alive * torch.cat([torch.ones_like(cont[:, :1]), discounts[:, :-1]], 1)
@@ -150,7 +158,9 @@ class Behavior(nn.Module):
             objective = returns / scale  # backpropagated through the world model
         actor_loss = -(weight * (objective + self.entropy_scale * entropy)).mean()
 
-        critic_loss, critic_metrics = self.critic_loss(feats, returns, weight, batch, (B, T))
+        critic_loss, critic_metrics = self.critic_loss(
+            critic_dist, feats, returns, weight, batch, (B, T)
+        )
         metrics = {
             "actor/loss": actor_loss.detach(),
             "actor/entropy": entropy.mean().detach(),
@@ -163,16 +173,15 @@ class Behavior(nn.Module):
         }
         return actor_loss, critic_loss, metrics
 
-    def critic_loss(self, feats, returns, weight, batch, shape):
+    def critic_loss(self, critic_dist, feats, returns, weight, batch, shape):
         """Two-hot NLL of the lambda-returns, toward the EMA critic, and on replayed data.
 
-        feats (N, H + 1, F) with N = B * T; returns and weight (N, H).
+        critic_dist: the critic at feats (N, H + 1, F), N = B * T; returns and weight (N, H).
         """
         B, T = shape
-        feats = feats[:, :-1].detach()
-        dist = self.critic(feats)  # logits (N, H, K)
+        dist = type(critic_dist)(critic_dist.logits[:, :-1])  # the states that have R_t
         with torch.no_grad():
-            slow_mean = self.slow_critic(feats).mean  # (N, H)
+            slow_mean = self.slow_critic(feats[:, :-1].detach()).mean  # (N, H)
         imagined = -dist.log_prob(returns.detach()) - self.slow_reg * dist.log_prob(slow_mean)
         loss = (weight * imagined).mean()
 

@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from natural_dreamer import Dreamer
 from natural_dreamer.distributions import categorical_kl
+from natural_dreamer.rssm import BlockLinear
 from natural_dreamer.world_model import kl_loss
 
 from conftest import IMAGE, MIXED, VECTOR, random_batch, tiny_config
@@ -133,3 +135,14 @@ def test_image_loss_is_a_summed_squared_error():
     target = obs["image"].float() / 255 - 0.5
     expected = ((pred - target) ** 2).sum((-3, -2, -1))
     assert torch.allclose(agent.world_model.decoder.loss(feat, obs)["image"], expected)
+
+
+def test_block_linear_equals_each_block_seeing_its_slice_and_the_shared_inputs():
+    torch.manual_seed(0)
+    layer = BlockLinear(blocks=4, own_dim=3, shared_dim=5, out_dim=6)
+    nn.init.normal_(layer.bias)
+    own, shared = torch.randn(7, 4, 3), torch.randn(7, 5)
+    out = layer(own, shared)
+    for g in range(4):
+        expected = torch.cat([own[:, g], shared], -1) @ layer.weight[g] + layer.bias[g]
+        torch.testing.assert_close(out[:, g], expected)
