@@ -1,19 +1,21 @@
 """Train a DreamerV3 agent.
 
     python main.py CONFIG [--KEY VALUE ...] [--max_steps N] [--resume SUFFIX]
+    torchrun --nproc_per_node K main.py CONFIG ...     (K processes train one agent)
 
 CONFIG names a file in configs/ (without .yml). --KEY VALUE overrides any config key by its
-dotted path (--seed 3, --world_model.batch_size 8). --resume 50k continues the run from
-checkpoints/<CONFIG>_<run_name>_50k.pth (or "latest"). Outputs go to metrics/, plots/,
-checkpoints/ and videos/ (under --outdir, the repository by default).
+dotted path (--seed 3, --world_model.batch_size 8); --envs N is short for --train.envs N.
+--resume 50k continues the run from checkpoints/<CONFIG>_<run_name>_50k.pth (or "latest").
+Outputs go to metrics/, plots/, checkpoints/ and videos/ (under --outdir, the repository by
+default); under torchrun only rank 0 writes them.
 """
 
 import sys
 from pathlib import Path
 
 USAGE = (
-    "usage: python main.py CONFIG [--KEY VALUE ...] [--max_steps N] [--resume SUFFIX] "
-    "[--outdir DIR]"
+    "usage: python main.py CONFIG [--KEY VALUE ...] [--max_steps N] [--envs N] "
+    "[--resume SUFFIX] [--outdir DIR]"
 )
 
 
@@ -39,26 +41,40 @@ def parse_args(argv: list) -> tuple:
             outdir = Path(value)
         elif key == "max_steps":
             overrides.append(("train.steps", value))
+        elif key == "envs":
+            overrides.append(("train.envs", value))
         else:
             overrides.append((key, value))
     return name, overrides, resume, outdir
 
 
 def main(argv: list) -> int:
-    from natural_dreamer.checkpoint import CheckpointError
+    from natural_dreamer import distributed
     from natural_dreamer.config import ROOT, ConfigError, load_config
+    from natural_dreamer.utils import pick_device
 
     try:
         name, overrides, resume, outdir = parse_args(argv)
         config = load_config(name, overrides)
+        # Under torchrun: join the group (nccl between GPUs, gloo on CPUs).
+        distributed.init_from_environment(use_cuda=pick_device(config.device).type == "cuda")
     except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    try:
+        return train(config, resume, outdir or ROOT)
+    finally:
+        distributed.shutdown()
 
+
+def train(config, resume, root: Path) -> int:
+    """Build the run (or resume it) and train; returns the exit status."""
+    from natural_dreamer.checkpoint import CheckpointError
+    from natural_dreamer.config import ConfigError
     from natural_dreamer.loop import StopRequest, Trainer
 
     try:
-        trainer = Trainer(config, root=outdir or ROOT)
+        trainer = Trainer(config, root=root)
         if resume:
             trainer.resume(resume)
         else:
@@ -66,11 +82,13 @@ def main(argv: list) -> int:
     except (ConfigError, CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(
-        f"{trainer.run}: {config.env.suite} {config.env.task} ({config.env.obs}), "
-        f"preset {config.model.preset}, device {trainer.device}, precision {config.precision}",
-        file=sys.stderr,
-    )
+    if trainer.main:
+        print(
+            f"{trainer.run}: {config.env.suite} {config.env.task} ({config.env.obs}), "
+            f"preset {config.model.preset}, device {trainer.device}, precision "
+            f"{config.precision}, {config.train.envs} env(s) x {trainer.world} process(es)",
+            file=sys.stderr,
+        )
     try:
         trainer.train()
     except StopRequest as stop:

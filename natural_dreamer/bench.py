@@ -1,24 +1,39 @@
-"""Seconds per gradient step, split into world model, imagination and actor-critic.
+"""How fast is a training step, and how close to the machine's limit?
 
-    python -m natural_dreamer.bench [--presets 1m v1_s 12m] [--obs vector image]
-                                    [--precision fp32 bf16] [--repeats 10]
+    python -m natural_dreamer.bench                 # every table (about an hour on 2 cores)
+    python -m natural_dreamer.bench --quick         # the laptop preset only, a few minutes
+    python -m natural_dreamer.bench --tables steps  # some tables: steps scaling envs memory
 
-Each row times full training steps on random data shaped like replay (batch 16 x 64,
-horizon 15) after two warm-up steps, and reports the median of `repeats`. The split comes
-from timing each phase on its own with the same inputs. Use this on an idle machine: two
-torch processes sharing 2 cores slow each other down many times over.
+steps    seconds per gradient step (median of --repeats after two warm-up steps), split into
+         world model, imagination and actor-critic; FLOPs per step counted by
+         torch.utils.flop_counter (matrix products and convolutions, forward and backward);
+         the FLOP/s that gives, and that as a fraction of this machine's torch.mm peak in the
+         same precision, measured in the same run.
+scaling  seconds per step against batch size, sequence length and model preset.
+envs     environment steps per second of collection under random actions: DMC walker_walk
+         pixels (default and fast rendering) and proprio, Gymnasium CartPole.
+memory   replay bytes per stored step, and this process's peak resident memory.
+
+Batches are random data shaped like replay (batch 16 x 64, horizon 15 unless a table says
+otherwise). Run it on an idle machine: two torch processes sharing 2 cores slow each other
+down many times over.
 """
 
 import argparse
+import resource
 import time
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from natural_dreamer.buffer import ReplayBuffer
 from natural_dreamer.config import load_config
 from natural_dreamer.dreamer import Dreamer
 
 OBS = {"vector": {"vector": ((24,), np.float32)}, "image": {"image": ((64, 64, 3), np.uint8)}}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TABLES = ("steps", "scaling", "envs", "memory")
 
 
 def random_batch(obs_space: dict, action_size: int, B: int, T: int, discrete=False, seed=0):
@@ -53,8 +68,8 @@ def median_seconds(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def time_phases(preset: str, obs: str, precision: str, repeats: int, B=16, T=64, H=15) -> dict:
-    """Median seconds of a full step and of its phases for one configuration."""
+def make_agent(preset: str, obs: str, precision: str, B=16, T=64, H=15):
+    """A fresh agent and a random batch for one configuration."""
     overrides = {
         "model.preset": preset,
         "precision": precision,
@@ -63,8 +78,20 @@ def time_phases(preset: str, obs: str, precision: str, repeats: int, B=16, T=64,
         "behavior.horizon": H,
     }
     config = load_config("smoke", overrides)
-    agent = Dreamer(OBS[obs], 6, False, config)
-    batch = random_batch(OBS[obs], 6, B, T)
+    return Dreamer(OBS[obs], 6, False, config), random_batch(OBS[obs], 6, B, T)
+
+
+def step_seconds(preset: str, obs: str, precision: str, repeats: int, B=16, T=64) -> float:
+    """Median seconds of a full training step."""
+    agent, batch = make_agent(preset, obs, precision, B, T)
+    for _ in range(2):
+        agent.train_step(batch)
+    return median_seconds(lambda: agent.train_step(batch), repeats)
+
+
+def time_phases(preset: str, obs: str, precision: str, repeats: int, B=16, T=64, H=15) -> dict:
+    """Median seconds of a full step and of its phases, and the FLOPs of one step."""
+    agent, batch = make_agent(preset, obs, precision, B, T, H)
     for _ in range(2):
         agent.train_step(batch)
     step = median_seconds(lambda: agent.train_step(batch), repeats)
@@ -92,32 +119,127 @@ def time_phases(preset: str, obs: str, precision: str, repeats: int, B=16, T=64,
     im = median_seconds(imagine, max(3, repeats // 2))
     beh = median_seconds(behavior, max(3, repeats // 2))
     agent.zero_grad(set_to_none=True)
-    return {"step": step, "world_model": wm, "imagination": im, "actor_critic": beh - im}
+    with FlopCounterMode(display=False) as counter:
+        agent.train_step(batch)
+    return {
+        "step": step,
+        "world_model": wm,
+        "imagination": im,
+        "actor_critic": beh - im,
+        "flops": counter.get_total_flops(),
+    }
+
+
+def matmul_peak(precision: str, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a square torch.mm in this precision: the machine's practical ceiling."""
+    a = torch.randn(size, size, dtype=DTYPES[precision])
+    b = torch.randn(size, size, dtype=DTYPES[precision])
+    torch.mm(a, b)
+    return 2 * size**3 / median_seconds(lambda: torch.mm(a, b), repeats)
+
+
+def env_steps_per_second(env_config: dict, steps: int = 2000) -> float:
+    """Environment steps (after action repeat) per second under random actions."""
+    from natural_dreamer.envs import make_env
+
+    env = make_env(env_config, seed=0)
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+    start = time.perf_counter()
+    for _ in range(steps // env.action_repeat):
+        if env.discrete:
+            action = np.eye(env.action_size, dtype=np.float32)[rng.integers(env.action_size)]
+        else:
+            action = rng.uniform(-1, 1, env.action_size).astype(np.float32)
+        if env.step(action)["is_last"]:
+            env.reset()
+    rate = steps / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+def table_steps(presets, observations, precisions, repeats: int) -> None:
+    peaks = {precision: matmul_peak(precision) for precision in precisions}
+    for precision, peak in peaks.items():
+        print(f"torch.mm 2048 x 2048 peak, {precision}: {peak / 1e9:.0f} GFLOP/s")
+    print()
+    print(
+        "| preset | obs | precision | s/step | world model | imagination | actor-critic "
+        "| GFLOP/step | GFLOP/s | % of peak |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for preset in presets:
+        for obs in observations:
+            for precision in precisions:
+                t = time_phases(preset, obs, precision, repeats)
+                rate = t["flops"] / t["step"]
+                print(
+                    f"| {preset} | {obs} | {precision} | {t['step']:.3f} "
+                    f"| {t['world_model']:.3f} | {t['imagination']:.3f} "
+                    f"| {t['actor_critic']:.3f} | {t['flops'] / 1e9:.1f} | {rate / 1e9:.0f} "
+                    f"| {100 * rate / peaks[precision]:.0f}% |",
+                    flush=True,
+                )
+
+
+def table_scaling(presets, precision: str, repeats: int) -> None:
+    print(f"| what changes | preset | obs | batch | length | s/step ({precision}) |")
+    print("|---|---|---|---|---|---|")
+    rows = [("batch", "1m", "vector", B, 64) for B in (8, 16, 32)]
+    rows += [("length", "1m", "vector", 16, T) for T in (16, 32, 64)]
+    rows += [("preset", preset, obs, 16, 64) for preset in presets for obs in ("vector", "image")]
+    for what, preset, obs, B, T in rows:
+        seconds = step_seconds(preset, obs, precision, repeats, B, T)
+        print(f"| {what} | {preset} | {obs} | {B} | {T} | {seconds:.3f} |", flush=True)
+
+
+def table_envs() -> None:
+    walker = {"suite": "dmc", "task": "walker_walk", "action_repeat": 2, "obs": "pixels"}
+    rows = [
+        ("DMC walker_walk pixels, full-quality frames", {**walker, "fast_render": False}),
+        ("DMC walker_walk pixels, fast_render", {**walker, "fast_render": True}),
+        ("DMC walker_walk proprio (no frames)", {**walker, "obs": "proprio"}),
+        ("Gymnasium CartPole-v1 vector", {"suite": "gym", "task": "CartPole-v1"}),
+    ]
+    print("| environment | env steps/s |")
+    print("|---|---|")
+    for name, env_config in rows:
+        print(f"| {name} | {env_steps_per_second(env_config):.0f} |", flush=True)
+
+
+def table_memory() -> None:
+    buffer = ReplayBuffer(1000, OBS["image"], action_size=6)
+    per_step = buffer.nbytes / buffer.capacity
+    print(f"replay bytes per stored 64x64x3 step (6 action dims): {per_step:.0f}")
+    print("(the image alone is 12,288 bytes; NaturalDreamer spends about 98,000)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(f"peak resident memory of this benchmark process: {peak:.0f} MiB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES))
     parser.add_argument("--presets", nargs="+", default=["1m", "v1_s", "12m"])
-    parser.add_argument("--obs", nargs="+", default=["vector", "image"])
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--obs", nargs="+", choices=list(OBS), default=list(OBS))
+    parser.add_argument("--precision", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="the 1m preset only, 3 repeats")
     args = parser.parse_args()
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 16 x 64, horizon 15"
-    )
-    print("| preset | obs | precision | s/step | world model | imagination | actor-critic |")
-    print("|---|---|---|---|---|---|---|")
-    for preset in args.presets:
-        for obs in args.obs:
-            for precision in args.precision:
-                t = time_phases(preset, obs, precision, args.repeats)
-                print(
-                    f"| {preset} | {obs} | {precision} | {t['step']:.3f} | {t['world_model']:.3f} "
-                    f"| {t['imagination']:.3f} | {t['actor_critic']:.3f} |",
-                    flush=True,
-                )
+    if args.quick:
+        args.presets, args.repeats = ["1m"], 3
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for table in args.tables:
+        print(f"\n## {table}\n")
+        if table == "steps":
+            table_steps(args.presets, args.obs, args.precision, args.repeats)
+        elif table == "scaling":
+            table_scaling(args.presets, args.precision[-1], max(3, args.repeats // 3))
+        elif table == "envs":
+            table_envs()
+        else:
+            table_memory()
 
 
 if __name__ == "__main__":

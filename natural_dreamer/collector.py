@@ -1,8 +1,13 @@
-"""Environment interaction: step an environment with a policy and store every step.
+"""Environment interaction: step environments with a policy and store every step.
 
 The order of one policy step is what makes the replay data line up (pitfall 1):
     x_t, r_t arrive  ->  a_t = policy(x_t)  ->  store (x_t, r_t, flags_t, a_t)  ->  env.step(a_t)
 An episode's last observation is stored too, with a zero action, since nothing acts on it.
+
+`Collector` runs one environment in this process (evaluation, dreams, notebooks);
+`VectorCollector` runs N environments side by side through gymnasium's vector API, each
+writing into its own stream of the replay buffer (training). Policies act on batches:
+obs is a dict of (N, ...) arrays and the actions come back as (N, A).
 """
 
 import numpy as np
@@ -17,23 +22,34 @@ class RandomPolicy:
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, obs: dict) -> np.ndarray:
+        """obs: dict of (N, ...) arrays; returns (N, action_size) float32 actions."""
+        count = len(obs["is_first"])
         if self.discrete:
-            return np.eye(self.action_size, dtype=np.float32)[self.rng.integers(self.action_size)]
-        return self.rng.uniform(-1, 1, self.action_size).astype(np.float32)
+            index = self.rng.integers(self.action_size, size=count)  # (N,)
+            return np.eye(self.action_size, dtype=np.float32)[index]
+        return self.rng.uniform(-1, 1, (count, self.action_size)).astype(np.float32)
 
 
 class AgentPolicy:
-    """The agent's policy for one environment, carrying its recurrent state between calls."""
+    """The agent's policy for N environments, carrying their recurrent states between calls."""
 
-    def __init__(self, agent, explore: bool = True):
+    def __init__(self, agent, explore: bool = True, count: int = 1):
         self.agent, self.explore = agent, explore
-        self.state = agent.initial_state(1)
+        self.state = agent.initial_state(count)
 
     def __call__(self, obs: dict) -> np.ndarray:
+        """obs: dict of (N, ...) arrays with the observation keys and "is_first";
+        returns (N, A) float32 actions."""
         keys = [*self.agent.world_model.obs_keys, "is_first"]
-        batch = {key: np.asarray(obs[key])[None] for key in keys}  # add a batch axis of 1
-        action, self.state = self.agent.act(batch, self.state, self.explore)
-        return action[0]
+        action, self.state = self.agent.act(
+            {key: obs[key] for key in keys}, self.state, self.explore
+        )
+        return action
+
+
+def batched(step: dict) -> dict:
+    """One environment's step dict -> a batch of one: every value gains a leading axis."""
+    return {key: np.asarray(value)[None] for key, value in step.items()}
 
 
 class Collector:
@@ -49,7 +65,7 @@ class Collector:
         """Take one policy step; returns {"return", "length"} when an episode ends, else None."""
         if self.obs is None:
             self.reset()
-        action = policy(self.obs)
+        action = policy(batched(self.obs))[0]
         self.store(self.obs, action)
         self.obs = self.env.step(action)
         self.episode_return += float(self.obs["reward"])
@@ -86,3 +102,79 @@ def run_episode(env, policy, render: bool = False, seed: int | None = None):
             frames.append(env.render())
         if done:
             return done["return"], (np.stack(frames) if render else None)
+
+
+class VectorCollector:
+    """Runs N environments side by side; environment i writes into stream i of the buffer.
+
+    envs: a gymnasium VectorEnv of `vector.GymnasiumEnv`s with autoreset disabled (see
+    `vector.make_vector_env`): an environment whose episode ended is reset here, right after
+    its last step is stored. Episode k of environment i starts from seed + k * N + i, so every
+    episode of the run has its own seed and a resumed run meets the same episodes.
+    """
+
+    def __init__(self, envs, buffer, seed: int):
+        self.envs, self.buffer, self.seed = envs, buffer, seed
+        self.count = envs.num_envs
+        self.obs = None  # the current step dicts, batched: dict of (N, ...) arrays
+        self.episodes = [0] * self.count  # finished episodes of each environment
+        self.returns = np.zeros(self.count)  # (N,) of the running episodes
+        self.lengths = np.zeros(self.count, np.int64)
+
+    def step(self, policy) -> list:
+        """One policy step in every environment; returns a {"return", "length"} dict for each
+        episode that ended (often none)."""
+        if self.obs is None:
+            self.reset(np.ones(self.count, bool))
+        actions = policy(self.obs)  # (N, A)
+        self.store(self.obs, actions, range(self.count))
+        obs, reward, terminated, truncated, _ = self.envs.step(actions)
+        last = terminated | truncated  # (N,)
+        self.obs = {
+            **obs,
+            "reward": reward.astype(np.float32),
+            "is_first": np.zeros(self.count, bool),
+            "is_last": last,
+            "is_terminal": terminated,
+        }
+        self.returns += self.obs["reward"]  # the float32 rewards the buffer stores
+        self.lengths += 1
+        ended = np.flatnonzero(last)
+        self.store(self.obs, np.zeros_like(actions), ended)
+        finished = []
+        for i in ended:
+            finished.append({"return": float(self.returns[i]), "length": int(self.lengths[i])})
+            self.episodes[i] += 1
+        if len(ended):
+            self.reset(last)
+        return finished
+
+    def reset(self, mask: np.ndarray) -> None:
+        """Start new episodes in the environments where mask (N,) is True."""
+        seeds = [
+            self.seed + self.episodes[i] * self.count + i if mask[i] else None
+            for i in range(self.count)
+        ]
+        obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": mask})
+        first = {
+            **obs,
+            "reward": np.zeros(self.count, np.float32),
+            "is_first": np.ones(self.count, bool),
+            "is_last": np.zeros(self.count, bool),
+            "is_terminal": np.zeros(self.count, bool),
+        }
+        if self.obs is None:
+            self.obs = first
+        else:  # keep the running environments' current steps
+            for key, value in first.items():
+                where = mask.reshape(-1, *[1] * (value.ndim - 1))  # (N, 1, ...) broadcasts
+                self.obs[key] = np.where(where, value, self.obs[key])
+        self.returns[mask] = 0.0
+        self.lengths[mask] = 0
+
+    def store(self, obs: dict, actions: np.ndarray, envs) -> None:
+        """Write step i of the batch into stream i, for each environment i in `envs`."""
+        for i in envs:
+            self.buffer.add(
+                {key: value[i] for key, value in obs.items()} | {"action": actions[i]}, i
+            )

@@ -136,11 +136,16 @@ LOWER_BOUNDS = {
     "env.image_size": 16,
     "env.action_repeat": 1,
     "env.time_limit": 1,
+    "train.envs": 1,
     "train.steps": 1,
     "train.replay_capacity": 2,
     "train.log_every": 1,
     "train.checkpoint_every": 1,
 }
+
+
+# The metric writers `logger` may name, comma-separated.
+LOGGERS = ("csv", "tensorboard")
 
 
 def validate(config: AttrDict) -> None:
@@ -160,6 +165,16 @@ def validate(config: AttrDict) -> None:
     for key in ("train.prefill", "train.eval_episodes"):
         if flat[key] < 0:
             raise ConfigError(f"{key} must not be negative, got {flat[key]}")
+    if config.train.replay_capacity // config.train.envs < config.world_model.batch_length:
+        raise ConfigError(
+            "train.replay_capacity / train.envs must hold a whole sequence of "
+            f"world_model.batch_length {config.world_model.batch_length} steps per environment"
+        )
+    loggers = config.logger.split(",")
+    if not loggers or not set(loggers) <= set(LOGGERS) or len(set(loggers)) < len(loggers):
+        raise ConfigError(
+            f"logger must be csv, tensorboard or csv,tensorboard, got {config.logger!r}"
+        )
 
 
 def parse_scalar(text: str):

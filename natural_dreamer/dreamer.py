@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from natural_dreamer.behavior import Behavior
+from natural_dreamer.distributed import average_gradients
 from natural_dreamer.networks import model_sizes
 from natural_dreamer.optim import clip_gradients, make_optimizer
 from natural_dreamer.world_model import WorldModel
@@ -79,6 +80,8 @@ class Dreamer(nn.Module):
         optimizer = self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # Data-parallel runs: every rank steps with the mean gradient (distributed.py).
+        average_gradients(module.parameters())
         norm = clip_gradients(module.parameters(), self.config)
         if not torch.isfinite(norm):  # stop before a bad step reaches the parameters
             raise FloatingPointError(f"the {name} gradient norm became {norm.item()}")

@@ -146,6 +146,12 @@ class MetricsLogger:
                 os.fsync(handle.fileno())
         self._maybe_plot()
 
+    def last(self, column: str) -> float | None:
+        """The newest non-empty value of `column`, or None."""
+        _, rows = _read_rows(self.csv_path)
+        values = [row[column] for row in rows if row.get(column)]
+        return float(values[-1]) if values else None
+
     def truncate_after(self, env_steps: float) -> int:
         """Drop rows whose env_steps is greater than `env_steps`; return how many were dropped.
 

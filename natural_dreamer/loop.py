@@ -2,12 +2,19 @@
 
     prefill with random actions
     repeat until the budget of environment steps is spent:
-        one policy step in the environment (stored in the replay buffer)
+        one policy step in each environment (stored in the replay buffer)
         gradient steps, as many as train_ratio asks for
         every log_every env steps: a metrics row; every checkpoint_every updates: save + eval
 
 train_ratio counts replayed steps (B * T) per policy step, as in the paper: at 512 with
 B * T = 1024 there is one gradient step every 2 policy steps (4 env steps at action repeat 2).
+Policy steps are counted over all environments (train.envs) and all torchrun processes, so a
+step of 4 environments pays for twice the updates of a step of 2, and the ratio of replayed
+to collected data is the same whatever the parallelism.
+
+Under torchrun every process (rank) runs this same loop in lockstep: the counters are global
+and identical on every rank, so all ranks reach each gradient step (and its all-reduce)
+together. Rank 0 alone writes metrics, checkpoints and videos.
 """
 
 import collections
@@ -20,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from natural_dreamer import distributed
 from natural_dreamer.buffer import ReplayBuffer
 from natural_dreamer.checkpoint import (
     CheckpointError,
@@ -30,16 +38,24 @@ from natural_dreamer.checkpoint import (
     suffixes,
     torch_to_numpy,
 )
-from natural_dreamer.collector import AgentPolicy, Collector, RandomPolicy, run_episode
-from natural_dreamer.config import ROOT, flatten, save_config
+from natural_dreamer.collector import (
+    AgentPolicy,
+    Collector,
+    RandomPolicy,
+    VectorCollector,
+    run_episode,
+)
+from natural_dreamer.config import CONFIG_DIR, ROOT, flatten, read_yaml, save_config
 from natural_dreamer.dreamer import Dreamer
 from natural_dreamer.envs import make_env
+from natural_dreamer.loader import BatchLoader
 from natural_dreamer.logger import MetricsLogger
-from natural_dreamer.utils import pick_device, seed_everything
+from natural_dreamer.utils import pick_device, resident_mb, seed_everything
+from natural_dreamer.vector import make_vector_env
 from natural_dreamer.video import side_by_side, write_video
 
 # Keys that may differ between a checkpoint's config and a resumed run's.
-RESUMABLE_CHANGES = {"train.steps", "device"}
+RESUMABLE_CHANGES = {"train.steps", "device", "logger"}
 
 
 class StopRequest(Exception):  # noqa: N818 (a signal, not an error)
@@ -54,7 +70,7 @@ class StopRequest(Exception):  # noqa: N818 (a signal, not an error)
 
 
 class Trainer:
-    """Owns one run: environment, agent, replay buffer, counters and output files.
+    """Owns one run: environments, agent, replay buffer, counters and output files.
 
     config: a resolved config (load_config); root: the folder holding metrics/, plots/,
     checkpoints/ and videos/ (the repository by default).
@@ -63,17 +79,24 @@ class Trainer:
     def __init__(self, config, root: Path = ROOT, quiet: bool = False):
         self.config, self.root, self.quiet = config, Path(root), quiet
         self.run = f"{config.config_name}_{config.run_name}"
-        seed_everything(config.seed)
-        self.device = pick_device(config.device)
-        self.env = make_env(config.env, seed=config.seed)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0  # rank 0 alone writes metrics, checkpoints and videos
+        self.seed = config.seed + distributed.RANK_SEED_STRIDE * self.rank  # its own episodes
+        if config.world_model.batch_size % self.world:
+            raise ValueError(
+                f"world_model.batch_size {config.world_model.batch_size} must split evenly "
+                f"over {self.world} processes"
+            )
+        seed_everything(config.seed)  # the same initial agent on every rank
+        self.device = pick_device(config.device, distributed.local_rank())
         self.eval_env = make_env(config.env, seed=config.seed + 10_000)
-        env = self.env
+        env = self.eval_env  # its specs are those of the training environments
         self.agent = Dreamer(env.obs_space, env.action_size, env.discrete, config, self.device)
-        capacity = config.train.replay_capacity  # pages are only touched as steps arrive
-        self.buffer = ReplayBuffer(capacity, env.obs_space, env.action_size, config.seed)
-        self.collector = Collector(env, self.buffer, seed=config.seed)
-        self.random_policy = RandomPolicy(env.action_size, env.discrete, config.seed)
-        self.policy = AgentPolicy(self.agent)
+        distributed.broadcast_module(self.agent)
+        if self.rank:
+            seed_everything(self.seed)
+        self.action_repeat = env.action_repeat
+        self.build_collection(env)
         self.env_steps = self.policy_steps = self.gradient_steps = 0
         self.train_policy_steps = 0  # policy steps since training began (train_ratio credit)
         self.returns = collections.deque(maxlen=10)
@@ -81,7 +104,28 @@ class Trainer:
         self.wall_offset, self.start_time = 0.0, time.time()
         self.next_checkpoint = config.train.checkpoint_every
         self.saved_at = -1  # gradient steps at the last save
-        self.logger = None
+        self.logger = self.board = None  # the CSV and TensorBoard writers, while training
+
+    def build_collection(self, env) -> None:
+        """The training environments, their replay buffer (one stream each), the collector,
+        the policies and the batch loader."""
+        count, wm = self.config.train.envs, self.config.world_model
+        self.envs = make_vector_env(self.config.env, self.seed, count)
+        capacity = self.config.train.replay_capacity  # pages are only touched as steps arrive
+        self.buffer = ReplayBuffer(
+            capacity, env.obs_space, env.action_size, self.seed, streams=count
+        )
+        self.collector = VectorCollector(self.envs, self.buffer, seed=self.seed)
+        self.random_policy = RandomPolicy(env.action_size, env.discrete, self.seed)
+        self.policy = AgentPolicy(self.agent, count=count)
+        # Each rank samples its share of the batch; on a GPU the next one is sampled ahead.
+        self.loader = BatchLoader(
+            self.buffer,
+            wm.batch_size // self.world,
+            wm.batch_length,
+            self.device,
+            ahead=self.device.type == "cuda",
+        )
 
     def path(self, folder: str, name: str) -> Path:
         return self.root / folder / name
@@ -94,14 +138,12 @@ class Trainer:
     def train(self) -> None:
         """Run until config.train.steps environment steps; Ctrl-C saves, then re-raises."""
         cfg = self.config.train
-        self.logger = MetricsLogger(
-            self.path("metrics", f"{self.run}.csv"),
-            self.path("plots", f"{self.run}.html"),
-            title=self.run,
-            resume_from_env_steps=self.env_steps,
-        )
-        save_config(self.config, self.path("checkpoints", f"{self.run}.yml"))
-        bar = tqdm(total=cfg.steps, initial=self.env_steps, unit="step", disable=self.quiet or None)
+        distributed.barrier()  # every rank has checked for old outputs before rank 0 writes
+        self.open_loggers()
+        if self.main:
+            save_config(self.config, self.path("checkpoints", f"{self.run}.yml"))
+        quiet = self.quiet or not self.main
+        bar = tqdm(total=cfg.steps, initial=self.env_steps, unit="step", disable=quiet or None)
         previous = {
             sig: signal.signal(sig, self.interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
         }
@@ -109,34 +151,61 @@ class Trainer:
             while self.env_steps < cfg.steps:
                 self.step(bar)
         except StopRequest:
-            self.save(suffix="latest")
+            if self.main:
+                self.save(suffix="latest")
             raise
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             bar.close()
-            self.logger.close()
-            self.env.close()
+            for logger in (self.logger, self.board):
+                if logger:
+                    logger.close()
+            self.loader.close()
+            self.envs.close()
             self.eval_env.close()
+
+    def open_loggers(self) -> None:
+        """The writers config.logger names ("csv", "tensorboard"), on rank 0 only."""
+        names = self.config.logger.split(",") if self.main else []
+        if "csv" in names:
+            self.logger = MetricsLogger(
+                self.path("metrics", f"{self.run}.csv"),
+                self.path("plots", f"{self.run}.html"),
+                title=self.run,
+                resume_from_env_steps=self.env_steps,
+            )
+            # A resumed clock goes on from the newest kept row, which can be later than the
+            # checkpoint's own time (the last row is written after the final evaluation).
+            self.wall_offset = max(self.wall_offset, self.logger.last("wall_seconds") or 0.0)
+        if "tensorboard" in names:
+            from natural_dreamer.tensorboard_logger import TensorBoardLogger  # optional package
+
+            self.board = TensorBoardLogger(self.path("metrics", self.run), self.env_steps)
 
     def interrupt(self, signum, frame):
         raise StopRequest(signum)
 
     def step(self, bar) -> None:
-        """One policy step, the gradient steps it pays for, and any logging or saving due."""
+        """One policy step in every environment, the gradient steps it pays for, and any
+        logging or saving due."""
         cfg = self.config.train
         training = self.env_steps >= cfg.prefill
         finished = self.collector.step(self.policy if training else self.random_policy)
-        self.policy_steps += 1
-        self.env_steps += self.env.action_repeat
-        bar.update(self.env.action_repeat)
+        # Counted over all environments of all ranks: every rank has taken this step too.
+        new_steps = self.collector.count * self.world
+        self.policy_steps += new_steps
+        self.env_steps += new_steps * self.action_repeat
+        bar.update(new_steps * self.action_repeat)
+        for episode in finished:
+            self.returns.append(episode["return"])
+            self.interval["episode_return"].append(episode["return"])
+            self.interval["episode_length"].append(episode["length"])
         if finished:
-            self.returns.append(finished["return"])
-            self.interval["episode_return"].append(finished["return"])
-            self.interval["episode_length"].append(finished["length"])
             bar.set_postfix(ret=f"{np.mean(self.returns):.1f}", grad=self.gradient_steps)
-        if training and len(self.buffer) >= self.config.world_model.batch_length:
-            self.train_policy_steps += 1
+        # Once every stream holds a sequence (one row per environment per step, at least).
+        if training and self.policy_steps >= self.config.world_model.batch_length * new_steps:
+            self.train_policy_steps += new_steps
             owed = self.train_policy_steps * self.updates_per_policy_step
             while self.gradient_steps < int(owed):
                 self.gradient_step()
@@ -144,16 +213,20 @@ class Trainer:
         if done or (finished and self.gradient_steps >= self.next_checkpoint):
             # Saving at an episode boundary lets a resumed run start exactly where this left.
             self.save_and_evaluate(final=done)
-        if done or self.env_steps % cfg.log_every < self.env.action_repeat:
+        before = self.env_steps - new_steps * self.action_repeat
+        if done or self.env_steps // cfg.log_every > before // cfg.log_every:  # crossed a row
             self.log_row()
 
     def gradient_step(self) -> None:
-        wm = self.config.world_model
-        batch = self.buffer.sample(wm.batch_size, wm.batch_length)
+        batch = self.loader.next()
         try:
             metrics = self.agent.train_step(batch)
         except FloatingPointError as error:
             raise FloatingPointError(f"{error} at gradient step {self.gradient_steps}") from None
+        finally:
+            self.loader.wait()  # no sampling may run while the collector writes
+        # Statistics that are not trained (the return normaliser's) follow rank 0's.
+        distributed.broadcast_module(self.agent, buffers_only=True)
         for key, value in metrics.items():
             if not np.isfinite(value):
                 raise FloatingPointError(
@@ -163,20 +236,30 @@ class Trainer:
         self.gradient_steps += 1
 
     def log_row(self, extra: dict | None = None) -> None:
-        """Write one CSV row: counters, means over the interval, and wall time."""
+        """Write one metrics row: counters, means over the interval, and wall time."""
+        if not self.main:  # rank 0 alone writes metrics (of its own episodes)
+            self.interval.clear()
+            return
         row = {"env_steps": self.env_steps, "gradient_steps": self.gradient_steps}
         row["episode_return"] = np.mean(self.interval.pop("episode_return", [np.nan]))
         row["return_last10"] = np.mean(self.returns) if self.returns else np.nan
         row.update({key: float(np.mean(values)) for key, values in self.interval.items()})
         row.update(extra or {})
+        # Resident memory should grow with the replay data and nothing else (a leak shows here).
+        row["memory/resident_mb"] = resident_mb()
+        stored = self.buffer.nbytes * len(self.buffer) / self.buffer.capacity
+        row["memory/replay_mb"] = stored / 2**20
         row["wall_seconds"] = self.wall_offset + time.time() - self.start_time
         self.interval.clear()
-        self.logger.log(row)
+        for logger in (self.logger, self.board):
+            if logger:
+                logger.log(row)
         if not self.quiet:
             tqdm.write(
                 f"{self.run} | env {self.env_steps} | grad {self.gradient_steps} | "
                 f"return {row['return_last10']:.1f} | "
                 f"wm loss {row.get('world_model/loss', np.nan):.2f} | "
+                f"rss {row['memory/resident_mb']:.0f} MB | "
                 f"{row['wall_seconds']:.0f}s"
             )
 
@@ -185,7 +268,11 @@ class Trainer:
 
         The file is named by the gradient steps rounded down to a multiple of
         checkpoint_every (the save waits for the episode's end), or exactly at the end.
+        Only rank 0 saves and evaluates; the other ranks go on to the next gradient step and
+        wait for it there.
         """
+        if not self.main:
+            return
         every = self.config.train.checkpoint_every
         steps = self.gradient_steps if final else self.gradient_steps // every * every
         if final and self.saved_at == self.gradient_steps:
@@ -212,6 +299,8 @@ class Trainer:
         score, frames = run_episode(self.eval_env, policy, render=video, seed=seed)
         if video:
             write_video(self.path("videos", f"{self.run}_{suffix}_eval_{score:.0f}.mp4"), frames)
+            if self.board:
+                self.board.video("video/eval", frames, self.env_steps)
             if "image" in self.eval_env.obs_space:
                 self.write_dream(suffix)
         return score
@@ -232,10 +321,10 @@ class Trainer:
         obs = {"image": torch.as_tensor(data["image"][None, :size], device=self.device)}
         actions = torch.as_tensor(data["action"][None, :size], device=self.device)
         predicted = self.agent.world_model.dream(obs, actions, context=5)[0].cpu().numpy()
-        write_video(
-            self.path("videos", f"{self.run}_{suffix}_dream.mp4"),
-            side_by_side(data["image"][:size], predicted),
-        )
+        frames = side_by_side(data["image"][:size], predicted)  # (N, H, 2W + 2, 3)
+        write_video(self.path("videos", f"{self.run}_{suffix}_dream.mp4"), frames)
+        if self.board:
+            self.board.video("video/dream", frames, self.env_steps)
 
     def state_dict(self) -> dict:
         return {
@@ -247,7 +336,7 @@ class Trainer:
                 "policy_steps": self.policy_steps,
                 "gradient_steps": self.gradient_steps,
                 "train_policy_steps": self.train_policy_steps,
-                "episodes": self.collector.episodes,
+                "episodes": list(self.collector.episodes),  # of each environment
                 "next_checkpoint": self.next_checkpoint,
                 "wall_seconds": self.wall_offset + time.time() - self.start_time,
                 "returns": list(self.returns),
@@ -261,6 +350,7 @@ class Trainer:
         }
 
     def save(self, suffix: str) -> Path:
+        self.loader.drop()  # a batch sampled ahead is not part of the saved state
         self.saved_at = self.gradient_steps
         path = self.path("checkpoints", f"{self.run}_{suffix}.pth")
         latest = self.path("checkpoints", f"{self.run}_latest.pth")
@@ -300,16 +390,31 @@ class Trainer:
             setattr(self, key, counters[key])
         self.next_checkpoint = counters["next_checkpoint"]
         self.saved_at = self.gradient_steps
-        self.collector.episodes = counters["episodes"]
+        episodes = counters["episodes"]  # one number in checkpoints from before train.envs
+        self.collector.episodes = list(episodes) if isinstance(episodes, list) else [episodes]
         self.returns.extend(counters["returns"])
         self.wall_offset = counters["wall_seconds"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate((3, tuple(state["rng"]["python"]), None))
         self.random_policy.rng.bit_generator.state = state["rng"]["random_policy"]
+        if self.rank:
+            # Only rank 0's replay and random streams were saved: the other ranks start from
+            # a copy of its replay, then sample and explore with streams of their own.
+            self.reseed(self.seed + self.gradient_steps)
+
+    def reseed(self, seed: int) -> None:
+        """Seed torch, NumPy, Python, the replay sampler and the random policy."""
+        seed_everything(seed)
+        self.buffer.rng = np.random.default_rng(seed)
+        self.random_policy.rng = np.random.default_rng(seed)
 
     def check_config(self, saved: dict, path: Path) -> None:
-        """Refuse a checkpoint from another config or model size, naming the keys that differ."""
-        ours, theirs = flatten(self.config.to_dict()), flatten(saved)
+        """Refuse a checkpoint from another config or model size, naming the keys that differ.
+
+        A key missing from the checkpoint's config (older than the key) counts as its default.
+        """
+        defaults = flatten(read_yaml(CONFIG_DIR / "defaults.yml"))
+        ours, theirs = flatten(self.config.to_dict()), {**defaults, **flatten(saved)}
         differ = sorted(
             k
             for k in ours.keys() | theirs.keys()

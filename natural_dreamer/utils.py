@@ -82,15 +82,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
-    """Resolve a device name; "auto" picks CUDA when present, else the CPU."""
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """Resolve a device name; "auto" picks CUDA when present, else the CPU.
+
+    A bare "cuda" (or "auto" on a GPU machine) becomes cuda:<local_rank>, so each process of
+    a torchrun group gets its own GPU; an explicit "cuda:N" is kept.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device '{name}' was asked for but torch sees no CUDA device")
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
     return torch.device(name)
 
 
 def fast_mode() -> bool:
     """True when NATURAL_DREAMER_FAST=1: notebooks and demos shrink to run in seconds."""
     return os.environ.get("NATURAL_DREAMER_FAST", "0") not in ("", "0", "false", "False")
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MiB (Linux /proc; NaN where that is missing)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

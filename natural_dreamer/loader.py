@@ -1,0 +1,83 @@
+"""Replay batches as tensors on the agent's device, sampled ahead on a GPU.
+
+On a CPU a batch is sampled when a gradient step asks for it. On a GPU that would leave the
+GPU idle while NumPy gathers the sequences and the copy waits, so `BatchLoader(ahead=True)`
+samples the NEXT batch in a background thread, pins it and copies it to the GPU on a side
+stream while the current gradient step runs. The thread only runs during a gradient step
+(`wait` is called before the buffer is written again), so which batches come out never
+depends on timing: a run is as repeatable as on the CPU. The one difference is that the
+batch of update k + 1 is drawn during update k, before any steps collected in between.
+"""
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """NumPy (B, T, ...) arrays -> tensors on `device`; to a GPU through pinned memory,
+    without blocking. Images stay uint8 until the encoder converts them."""
+    cuda = device.type == "cuda"
+    tensors = {}
+    for key, array in batch.items():
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if cuda:
+            tensor = tensor.pin_memory()
+        tensors[key] = tensor.to(device, non_blocking=cuda)
+    return tensors
+
+
+class BatchLoader:
+    """Sample (batch_size, length) sequences from a ReplayBuffer onto `device`.
+
+    ahead: prepare the next batch in a background thread while the current one trains.
+    """
+
+    def __init__(self, buffer, batch_size: int, length: int, device, ahead: bool = False):
+        self.buffer, self.batch_size, self.length = buffer, batch_size, length
+        self.device, self.ahead = torch.device(device), ahead
+        self.pool = ThreadPoolExecutor(max_workers=1) if ahead else None
+        self.stream = (
+            torch.cuda.Stream(self.device) if ahead and self.device.type == "cuda" else None
+        )
+        self.pending = None  # the next batch being prepared (a Future)
+        self.rng_before_pending = None  # the sampler's state before that batch was drawn
+
+    def next(self) -> dict:
+        """The next batch: dict of (batch_size, length, ...) tensors on the device."""
+        batch = self.pending.result() if self.pending else self.load()
+        if self.stream is not None:
+            for tensor in batch.values():  # used on the main stream, made on the side stream
+                tensor.record_stream(torch.cuda.current_stream(self.device))
+        self.pending = None
+        if self.ahead:
+            self.rng_before_pending = self.buffer.rng.bit_generator.state
+            self.pending = self.pool.submit(self.load)
+        return batch
+
+    def load(self) -> dict:
+        stream = torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext()
+        with stream:
+            batch = to_device(self.buffer.sample(self.batch_size, self.length), self.device)
+        if self.stream is not None:
+            self.stream.synchronize()  # this thread waits for the copy, not the main one
+        return batch
+
+    def wait(self) -> None:
+        """Let the batch being prepared finish: call before the buffer is written to."""
+        if self.pending:
+            self.pending.result()
+
+    def drop(self) -> None:
+        """Forget the batch being prepared and rewind the sampler to before it, so the state
+        a checkpoint saves is the one a resumed run continues from exactly."""
+        if self.pending:
+            self.pending.result()
+            self.buffer.rng.bit_generator.state = self.rng_before_pending
+            self.pending = None
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.shutdown(wait=True)
