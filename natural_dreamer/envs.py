@@ -1,9 +1,9 @@
-"""One environment API for DeepMind Control, Gymnasium and a toy counter.
+"""One environment API for DeepMind Control, Gymnasium, Atari, Crafter and a toy counter.
 
 The agent talks to every suite through the same step dicts:
 
     reset() -> {"image"?, "vector"?, "reward", "is_first", "is_last", "is_terminal"}
-    step(action) -> the same keys
+    step(action) -> the same keys (Crafter adds "achievements" to an episode's last dict)
 
 The reward in a dict is the one that ARRIVED with that dict's observation, so a replay
 buffer can store each dict as one row without shifting credit by a step.
@@ -16,7 +16,8 @@ bounds; discrete actions arrive as a vector of length n (one-hot or probabilitie
 the argmax is taken.
 
 dm_control is imported lazily, after `select_mujoco_gl` has picked a headless OpenGL
-backend, because dm_control fixes its backend for the whole process when imported.
+backend, because dm_control fixes its backend for the whole process when imported; ale-py
+and crafter are imported when their suite is built.
 
 Run `python -m natural_dreamer.envs` to time DMC rendering and stepping on this machine.
 """
@@ -34,7 +35,7 @@ import numpy as np
 # for one (and then print "XDG_RUNTIME_DIR is invalid" on every run).
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-SUITES = ("dmc", "gym", "toy")
+SUITES = ("dmc", "gym", "toy", "atari", "crafter")
 OBS_MODES = ("pixels", "proprio", "both")
 MIN_IMAGE_SIZE = 16
 TOY_TASKS = ("counter", "counter_terminal")
@@ -309,9 +310,11 @@ class GymEnv(Env):
 
     Box observations become "vector" (float32, flattened); images come from
     render_mode="rgb_array" resized to image_size x image_size with PIL (aspect ratio not
-    kept). Discrete(n) actions take a length-n vector and use its argmax. Episodes end at
-    the env's own TimeLimit or at time_limit environment steps, both as truncations.
-    `gym_env` is the underlying gymnasium env.
+    kept). An env whose observation already is an (H, W, 3) uint8 image, such as
+    CarRacing-v3 (96x96), is seen through that observation resized instead: it is what the
+    env means the agent to see, and cheaper than a render. Discrete(n) actions take a
+    length-n vector and use its argmax. Episodes end at the env's own TimeLimit or at
+    time_limit environment steps, both as truncations. `gym_env` is the underlying env.
     """
 
     def __init__(
@@ -334,18 +337,21 @@ class GymEnv(Env):
             # Gymnasium's MuJoCo envs read MUJOCO_GL when their module imports mujoco.
             select_mujoco_gl(need_render=obs != "proprio")
         can_render = "rgb_array" in _gym_render_modes(spec)
-        if obs != "proprio" and not can_render:
-            raise ValueError(f"obs {obs!r} needs rgb_array rendering, which {task} does not offer.")
         self.gym_env = gym.make(task, render_mode="rgb_array" if can_render else None)
+        self._image_obs = _is_image_space(self.gym_env.observation_space, gym.spaces)
+        if obs != "proprio" and not (can_render or self._image_obs):
+            self.gym_env.close()
+            raise ValueError(f"obs {obs!r} needs rgb_array rendering, which {task} does not offer.")
         self._seed = seed
         self._set_spaces(gym.spaces, task)
+        self._frame = None  # the latest image observation, when the env observes images
         self._env_steps = 0
 
     def _set_spaces(self, spaces, task: str) -> None:
         """Fill obs_space, action_size, discrete and the action bounds from the gym spaces."""
         if self.obs_mode != "pixels":
-            if not isinstance(self.gym_env.observation_space, spaces.Box):
-                raise ValueError(f"{task} has no Box observation; use obs 'pixels'.")
+            if not isinstance(self.gym_env.observation_space, spaces.Box) or self._image_obs:
+                raise ValueError(f"{task} has no vector observation; use obs 'pixels'.")
             size = int(np.prod(self.gym_env.observation_space.shape))
             self.obs_space["vector"] = ((size,), np.dtype(np.float32))
         space = self.gym_env.action_space
@@ -362,7 +368,12 @@ class GymEnv(Env):
             raise ValueError(f"{task} has action space {space}; only Discrete and Box work.")
 
     def render(self) -> np.ndarray:
-        """Return the current frame resized to (image_size, image_size, 3) uint8."""
+        """Return the current frame resized to (image_size, image_size, 3) uint8: the latest
+        image observation for envs that observe images, else a rendered frame."""
+        if self._image_obs:
+            if self._frame is None:
+                raise RuntimeError("render() called before the first reset().")
+            return _resize(self._frame, self.image_size)
         frame = self.gym_env.render() if self.gym_env.render_mode == "rgb_array" else None
         if frame is None:
             raise RuntimeError(f"{self.gym_env.spec.id} cannot render rgb_array frames.")
@@ -397,11 +408,19 @@ class GymEnv(Env):
 
     def _observe(self, raw_obs) -> dict:
         obs = {}
+        if self._image_obs:
+            self._frame = np.asarray(raw_obs, dtype=np.uint8)
         if "vector" in self.obs_space:
             obs["vector"] = np.asarray(raw_obs, dtype=np.float32).reshape(-1)
         if "image" in self.obs_space:
             obs["image"] = self.render()
         return obs
+
+
+def _is_image_space(space, spaces) -> bool:
+    """True for an (H, W, 3) uint8 Box: an observation that is already an RGB picture."""
+    is_box = isinstance(space, spaces.Box)
+    return is_box and space.dtype == np.uint8 and len(space.shape) == 3 and space.shape[2] == 3
 
 
 def _gym_render_modes(spec) -> list[str]:
@@ -420,7 +439,202 @@ def _resize(frame: np.ndarray, size: int) -> np.ndarray:
         return frame
     from PIL import Image
 
-    return np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BILINEAR))
+    # np.array, not np.asarray: PIL hands out read-only arrays, which torch warns about.
+    return np.array(Image.fromarray(frame).resize((size, size), Image.Resampling.BILINEAR))
+
+
+class AtariEnv(Env):
+    """An Atari 2600 game through ale-py, by ALE's name: "pong", "breakout", "ms_pacman".
+
+    The ROMs ship inside the ale-py wheel; nothing is downloaded. One policy step is
+    action_repeat emulator frames (4) of the same action with their rewards summed (unclipped:
+    the two-hot reward head copes with any scale). The observation is the pixelwise maximum of
+    the last two of those frames, because some games draw sprites only on every other frame,
+    resized to image_size x image_size RGB with PIL's bilinear filter.
+
+    sticky: the probability that the emulator keeps the previous frame's action instead of the
+      new one, on every frame (Machado et al. 2018: 0.25), so that a memorised action sequence
+      cannot exploit the deterministic emulator. 0 turns it off, as the Atari100k protocol has it.
+    noops: each reset plays a uniform random number in [0, noops] of NOOP frames, drawn from
+      the episode's seed, so that episodes do not all start from one emulator state.
+    full_action_space: False (default) offers the game's minimal action set (6 actions in Pong,
+      4 in Breakout), as the DreamerV3 Atari100k setting does; True offers all 18.
+
+    Losing a life is not an end; is_terminal marks game over only. Games that wait for FIRE
+    after a reset or a lost life (Breakout) are not pressed for: the agent learns to fire.
+    time_limit counts emulator frames (108,000, 30 minutes of play, in the Atari benchmarks);
+    reaching it truncates. `ale_env` is ale-py's gymnasium env, stepped one frame at a time.
+    """
+
+    def __init__(
+        self,
+        game: str,
+        obs: str = "pixels",
+        image_size: int = 64,
+        action_repeat: int = 4,
+        time_limit: int = 108_000,
+        seed: int = 0,
+        sticky: float = 0.25,
+        noops: int = 30,
+        full_action_space: bool = False,
+    ):
+        super().__init__(obs, image_size, action_repeat, time_limit)
+        if obs != "pixels":
+            raise ValueError(f"Atari games offer obs 'pixels' only, got {obs!r}.")
+        import ale_py
+        from ale_py import roms
+
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner on stdout
+        games = roms.get_all_rom_ids()
+        if game not in games:
+            close = difflib.get_close_matches(game, games, n=5, cutoff=0.5)
+            raise ValueError(
+                f"Unknown Atari game {game!r}. Close matches: {', '.join(close) or 'none'}. "
+                "List them all with: from ale_py import roms; print(roms.get_all_rom_ids())"
+            )
+        self.ale_env = ale_py.AtariEnv(
+            game=game,
+            frameskip=1,  # the repeat and the max-pooling happen here
+            repeat_action_probability=sticky,
+            full_action_space=full_action_space,
+        )
+        self.action_size, self.discrete = int(self.ale_env.action_space.n), True
+        self._noop = self.ale_env.get_action_meanings().index("NOOP")
+        self.noops = noops
+        self._seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._frames = None  # the last two emulator frames, (210, 160, 3) uint8 each
+        self._image = None
+        self._env_steps = 0
+
+    def render(self) -> np.ndarray:
+        """Return the latest observation, (image_size, image_size, 3) uint8."""
+        if self._image is None:
+            raise RuntimeError("render() called before the first reset().")
+        return self._image
+
+    def close(self) -> None:
+        """Close the emulator."""
+        self.ale_env.close()
+
+    def _reset(self, seed: int | None) -> dict:
+        # Without a seed, only the first reset is seeded; later ones continue its streams.
+        seed = self._seed if seed is None else seed
+        self._seed = None
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        frame, _ = self.ale_env.reset(seed=seed)  # a seed also seeds the sticky actions
+        for _ in range(self._rng.integers(self.noops + 1)):
+            frame, _, game_over, _, _ = self.ale_env.step(self._noop)
+            if game_over:
+                frame, _ = self.ale_env.reset()
+        self._frames = [frame, frame]
+        self._env_steps = 0
+        return self._observe()
+
+    def _step(self, env_action: int) -> tuple[dict, float, bool, bool]:
+        reward, terminated, truncated = 0.0, False, False
+        for _ in range(self.action_repeat):
+            frame, frame_reward, terminated, truncated, _ = self.ale_env.step(env_action)
+            self._frames = [self._frames[1], frame]
+            self._env_steps += 1
+            reward += float(frame_reward)
+            truncated = truncated or self._env_steps >= self.time_limit
+            if terminated or truncated:
+                break
+        return self._observe(), reward, bool(terminated), bool(truncated and not terminated)
+
+    def _observe(self) -> dict:
+        pooled = np.maximum(self._frames[0], self._frames[1])  # (210, 160, 3)
+        self._image = _resize(pooled, self.image_size)
+        return {"image": self._image}
+
+
+CRAFTER_TASKS = ("reward", "noreward")
+
+
+class CrafterEnv(Env):
+    """Crafter (Hafner 2021): a 2D survival world with 22 achievements and 17 actions.
+
+    task "reward" is the benchmark: +1 the first time in an episode each achievement is
+    unlocked, and +-0.1 per health point gained or lost; "noreward" gives reward 0 (the
+    achievements are still reported). The observation is Crafter's own top-down view with the
+    inventory below it, drawn at image_size x image_size. The 17 discrete actions take a
+    length-17 vector and use its argmax. is_terminal marks the player's death; time_limit
+    steps (10,000 in the benchmark) truncate.
+
+    The last step dict of an episode also holds "achievements": {name: times unlocked in this
+    episode} for all 22 achievements (crafter.constants.achievements). An achievement's success
+    rate is the fraction of episodes where its count is > 0; the Crafter score is the
+    geometric mean of the 22 success rates (in percent). It is no observation: obs_space does
+    not list it and the replay buffer does not store it.
+    """
+
+    def __init__(
+        self,
+        task: str = "reward",
+        obs: str = "pixels",
+        image_size: int = 64,
+        action_repeat: int = 1,
+        time_limit: int = 10_000,
+        seed: int = 0,
+    ):
+        super().__init__(obs, image_size, action_repeat, time_limit)
+        if obs != "pixels":
+            raise ValueError(f"Crafter offers obs 'pixels' only, got {obs!r}.")
+        if task not in CRAFTER_TASKS:
+            raise ValueError(
+                f"Unknown Crafter task {task!r}; choose one of: {', '.join(CRAFTER_TASKS)}."
+            )
+        self._reward = task == "reward"
+        self.crafter_env = self._make(seed)  # a seedless first reset plays its first episode
+        self.action_size, self.discrete = int(self.crafter_env.action_space.n), True
+        self._image = None
+        self._achievements = {}
+        self._env_steps = 0
+
+    def step(self, action: np.ndarray) -> dict:
+        """As Env.step; the episode's last dict also carries "achievements"."""
+        step = super().step(action)
+        if step["is_last"]:
+            step["achievements"] = dict(self._achievements)
+        return step
+
+    def render(self) -> np.ndarray:
+        """Return the latest observation, (image_size, image_size, 3) uint8."""
+        if self._image is None:
+            raise RuntimeError("render() called before the first reset().")
+        return self._image
+
+    def _make(self, seed: int):
+        import crafter
+
+        # length=None: the time limit is counted here, so it can be told from a death.
+        size = (self.image_size, self.image_size)
+        return crafter.Env(size=size, reward=self._reward, length=None, seed=seed)
+
+    def _reset(self, seed: int | None) -> dict:
+        # Crafter seeds episode k of an env from (its seed, k): a new seed needs a new env
+        # (0.06 s; generating the world at reset takes about 1.3 s anyway).
+        if seed is not None:
+            self.crafter_env = self._make(seed)
+        self._image = self.crafter_env.reset()
+        self._achievements = {}
+        self._env_steps = 0
+        return {"image": self._image}
+
+    def _step(self, env_action: int) -> tuple[dict, float, bool, bool]:
+        reward, dead, truncated = 0.0, False, False
+        for _ in range(self.action_repeat):
+            self._image, step_reward, _, info = self.crafter_env.step(env_action)
+            self._env_steps += 1
+            reward += float(step_reward)
+            self._achievements = info["achievements"]
+            dead = info["discount"] == 0.0
+            truncated = self._env_steps >= self.time_limit
+            if dead or truncated:
+                break
+        return {"image": self._image}, reward, dead, truncated and not dead
 
 
 class ToyEnv(Env):
@@ -478,13 +692,17 @@ def make_env(env_config: Mapping, seed: int) -> Env:
     """Build the environment an env config describes.
 
     Args:
-      env_config: mapping with "suite" ("dmc", "gym" or "toy"), "task", and optionally "obs"
-        ("pixels", "proprio" or "both"; default "proprio"), "image_size" (default 64),
-        "action_repeat" (default 2 for dmc, 1 otherwise; the toy ignores it), "time_limit"
-        (environment steps before action repeat, default 1000), and for dmc "camera"
-        (default 2 for quadruped, else 0) and "fast_render" (default True: no multisampling,
-        shadows or reflections, about 10x cheaper frames).
-      seed: seeds the task's randomness (dmc) or the first reset (gym).
+      env_config: mapping with "suite" ("dmc", "gym", "atari", "crafter" or "toy"), "task"
+        (atari: an ALE game name such as "pong"; crafter: "reward" or "noreward"), and
+        optionally "obs" ("pixels", "proprio" or "both"; default "proprio", and "pixels",
+        the only choice, for atari and crafter), "image_size" (default 64), "action_repeat"
+        (default 2 for dmc, 4 for atari, 1 otherwise; the toy ignores it), "time_limit"
+        (environment steps before action repeat; default 108000 for atari, 10000 for
+        crafter, 1000 otherwise), and for dmc "camera" (default 2 for quadruped, else 0) and
+        "fast_render" (default True: no multisampling, shadows or reflections, about 10x
+        cheaper frames). Atari runs with sticky actions 0.25, up to 30 noops at reset and the
+        minimal action set; AtariEnv's arguments change those.
+      seed: seeds the task's randomness (dmc, crafter) or the first reset (gym, atari).
 
     Returns:
       An Env following the step-dict contract described in this module's docstring.
@@ -507,6 +725,24 @@ def make_env(env_config: Mapping, seed: int) -> Env:
     if suite == "gym":
         action_repeat = int(env_config.get("action_repeat", 1))
         return GymEnv(env_config["task"], action_repeat=action_repeat, seed=seed, **common)
+    if suite == "atari":
+        return AtariEnv(
+            env_config["task"],
+            obs=env_config.get("obs", "pixels"),
+            image_size=common["image_size"],
+            action_repeat=int(env_config.get("action_repeat", 4)),
+            time_limit=int(env_config.get("time_limit", 108_000)),
+            seed=seed,
+        )
+    if suite == "crafter":
+        return CrafterEnv(
+            env_config.get("task", "reward"),
+            obs=env_config.get("obs", "pixels"),
+            image_size=common["image_size"],
+            action_repeat=int(env_config.get("action_repeat", 1)),
+            time_limit=int(env_config.get("time_limit", 10_000)),
+            seed=seed,
+        )
     if suite == "toy":
         return ToyEnv(env_config.get("task", "counter"), **common)
     raise ValueError(f"Unknown env suite {suite!r}; choose one of: {', '.join(SUITES)}.")

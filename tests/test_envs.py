@@ -285,6 +285,9 @@ class NoRenderEnv(gym.Env):
     observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
     action_space = gym.spaces.Discrete(2)
 
+    def __init__(self, render_mode=None):  # gym.make always passes render_mode
+        self.render_mode = render_mode
+
 
 @pytest.fixture
 def no_render_id():
@@ -297,7 +300,7 @@ def no_render_id():
 @pytest.mark.parametrize(
     ("config", "error", "message"),
     [
-        ({"suite": "atari", "task": "pong"}, ValueError, "choose one of: dmc, gym, toy"),
+        ({"suite": "procgen", "task": "coinrun"}, ValueError, "one of: dmc, gym, toy, atari"),
         (dmc_config(task="walker_wlk"), ValueError, "walker_walk.*suite.ALL_TASKS"),
         (dmc_config(task="walk"), ValueError, "Unknown DMC task 'walk'"),
         (gym_config("Pendulm-v1"), ValueError, "Unknown Gymnasium id 'Pendulm-v1'.*Pendulum"),
