@@ -73,9 +73,12 @@ class Collector:
         if not self.obs["is_last"]:
             return None
         self.store(self.obs, np.zeros_like(action))
+        finished = {"return": self.episode_return, "length": self.episode_length}
+        if "achievements" in self.obs:  # Crafter
+            finished["achievements"] = self.obs["achievements"]
         self.obs = None
         self.episodes += 1
-        return {"return": self.episode_return, "length": self.episode_length}
+        return finished
 
     def reset(self) -> None:
         """Start a new episode."""
@@ -128,7 +131,7 @@ class VectorCollector:
             self.reset(np.ones(self.count, bool))
         actions = policy(self.obs)  # (N, A)
         self.store(self.obs, actions, range(self.count))
-        obs, reward, terminated, truncated, _ = self.envs.step(actions)
+        obs, reward, terminated, truncated, infos = self.envs.step(actions)
         last = terminated | truncated  # (N,)
         self.obs = {
             **obs,
@@ -142,8 +145,14 @@ class VectorCollector:
         ended = np.flatnonzero(last)
         self.store(self.obs, np.zeros_like(actions), ended)
         finished = []
+        achieved = infos.get("achievements", {})  # Crafter: name -> (N,) counts
         for i in ended:
-            finished.append({"return": float(self.returns[i]), "length": int(self.lengths[i])})
+            episode = {"return": float(self.returns[i]), "length": int(self.lengths[i])}
+            if achieved and infos["_achievements"][i]:
+                episode["achievements"] = {
+                    name: int(n[i]) for name, n in achieved.items() if not name.startswith("_")
+                }  # (gymnasium adds a "_name" mask beside each name)
+            finished.append(episode)
             self.episodes[i] += 1
         if len(ended):
             self.reset(last)

@@ -100,6 +100,8 @@ class Trainer:
         self.env_steps = self.policy_steps = self.gradient_steps = 0
         self.train_policy_steps = 0  # policy steps since training began (train_ratio credit)
         self.returns = collections.deque(maxlen=10)
+        # Crafter: over all training episodes, how many unlocked each achievement at least once.
+        self.achievement_episodes, self.achievements = 0, collections.Counter()
         self.interval = collections.defaultdict(list)  # metrics since the last row
         self.wall_offset, self.start_time = 0.0, time.time()
         self.next_checkpoint = config.train.checkpoint_every
@@ -201,6 +203,7 @@ class Trainer:
             self.returns.append(episode["return"])
             self.interval["episode_return"].append(episode["return"])
             self.interval["episode_length"].append(episode["length"])
+            self.count_achievements(episode.get("achievements"))
         if finished:
             bar.set_postfix(ret=f"{np.mean(self.returns):.1f}", grad=self.gradient_steps)
         # Once every stream holds a sequence (one row per environment per step, at least).
@@ -216,6 +219,21 @@ class Trainer:
         before = self.env_steps - new_steps * self.action_repeat
         if done or self.env_steps // cfg.log_every > before // cfg.log_every:  # crossed a row
             self.log_row()
+
+    def count_achievements(self, achieved: dict | None) -> None:
+        """Crafter's achievements of one finished episode, as success (1) or not (0)."""
+        if achieved is None:
+            return
+        self.achievement_episodes += 1
+        for name, count in achieved.items():
+            self.achievements[name] += count > 0
+            self.interval[f"achievements/{name}"].append(float(count > 0))
+
+    def crafter_score(self) -> float:
+        """The Crafter score: exp(mean_i log(1 + s_i)) - 1 over the success rates s_i in
+        percent of every achievement, counted over all training episodes so far."""
+        rates = [100 * n / self.achievement_episodes for n in self.achievements.values()]
+        return float(np.exp(np.mean(np.log1p(rates))) - 1)
 
     def gradient_step(self) -> None:
         batch = self.loader.next()
@@ -245,6 +263,8 @@ class Trainer:
         row["return_last10"] = np.mean(self.returns) if self.returns else np.nan
         row.update({key: float(np.mean(values)) for key, values in self.interval.items()})
         row.update(extra or {})
+        if self.achievement_episodes:
+            row["achievements/score"] = self.crafter_score()
         # Resident memory should grow with the replay data and nothing else (a leak shows here).
         row["memory/resident_mb"] = resident_mb()
         stored = self.buffer.nbytes * len(self.buffer) / self.buffer.capacity
@@ -340,6 +360,8 @@ class Trainer:
                 "next_checkpoint": self.next_checkpoint,
                 "wall_seconds": self.wall_offset + time.time() - self.start_time,
                 "returns": list(self.returns),
+                "achievement_episodes": self.achievement_episodes,
+                "achievements": dict(self.achievements),
             },
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -393,6 +415,8 @@ class Trainer:
         episodes = counters["episodes"]  # one number in checkpoints from before train.envs
         self.collector.episodes = list(episodes) if isinstance(episodes, list) else [episodes]
         self.returns.extend(counters["returns"])
+        self.achievement_episodes = counters.get("achievement_episodes", 0)
+        self.achievements.update(counters.get("achievements", {}))
         self.wall_offset = counters["wall_seconds"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate((3, tuple(state["rng"]["python"]), None))

@@ -49,7 +49,10 @@ class GymnasiumEnv(gym.Env):
         step = self.env.step(action)
         terminated = bool(step["is_terminal"])
         truncated = bool(step["is_last"]) and not terminated
-        return self._obs(step), float(step["reward"]), terminated, truncated, {}
+        # Crafter reports the episode's achievements with its last step; gymnasium stacks
+        # them as infos["achievements"][name] (N,) with the mask infos["_achievements"].
+        info = {"achievements": step["achievements"]} if "achievements" in step else {}
+        return self._obs(step), float(step["reward"]), terminated, truncated, info
 
     def close(self):
         self.env.close()

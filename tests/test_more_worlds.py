@@ -79,3 +79,20 @@ def test_config_runs_end_to_end(name, tmp_path):
     assert np.isfinite(metrics["world_model/loss"].dropna()).all()
     assert list((tmp_path / "videos").glob(f"{name}_run_*_eval_*.mp4"))
     assert list((tmp_path / "videos").glob(f"{name}_run_*_dream.mp4"))
+    if name == "crafter":  # every achievement's success rate, and the score
+        rates = metrics.filter(like="achievements/").drop(columns="achievements/score")
+        values = rates.to_numpy().ravel()
+        values = values[~np.isnan(values)]  # rows where no episode ended are empty
+        assert rates.shape[1] == 22 and len(values) and ((values >= 0) & (values <= 1)).all()
+        assert metrics["achievements/score"].dropna().between(0, 100).all()
+
+
+def test_crafter_score_is_the_geometric_mean_of_success_rates():
+    from types import SimpleNamespace
+
+    from natural_dreamer.loop import Trainer
+
+    run = SimpleNamespace(achievements={"a": 4, "b": 0}, achievement_episodes=4)
+    assert Trainer.crafter_score(run) == pytest.approx(np.sqrt(101) - 1)  # rates 100% and 0%
+    run.achievements = {"a": 1, "b": 1}
+    assert Trainer.crafter_score(run) == pytest.approx(25.0)  # both 25%
