@@ -75,6 +75,14 @@ def frozen(*modules: nn.Module):
             p.requires_grad_(True)
 
 
+def task_reward(world_model, feats: torch.Tensor, raw_actions: torch.Tensor):
+    """The world model's reward prediction for imagined states s_1 ... s_H.
+
+    feats (N, H + 1, F) of s_0 ... s_H. Returns (rewards (N, H), no extra metrics).
+    """
+    return world_model.reward_head(feats[:, 1:]).mean, {}
+
+
 class Behavior(nn.Module):
     """The actor, the critic, its EMA copy and the return normaliser, with their losses."""
 
@@ -119,10 +127,13 @@ class Behavior(nn.Module):
             feats.append(rssm.full_state(state))
         return torch.stack(feats, 1), torch.stack(actions, 1)
 
-    def loss(self, world_model, start: dict, batch: dict):
+    def loss(self, world_model, start: dict, batch: dict, reward_fn=task_reward):
         """behavior_training from posterior states {"deter": (B, T, D), "stoch": (B, T, S, C)}.
 
-        Returns (actor loss, critic loss, metrics dict of 0-d tensors).
+        reward_fn(world_model, feats, raw_actions) -> (rewards (N, H), metrics) is the reward
+        of reaching s_1 ... s_H, the task's by default; the replay value loss takes the real
+        steps' rewards from batch["reward"]. Returns (actor loss, critic loss, metrics dict of
+        0-d tensors).
         """
         B, T = start["deter"].shape[:2]
         start = {key: value.reshape(B * T, *value.shape[2:]) for key, value in start.items()}
@@ -130,7 +141,7 @@ class Behavior(nn.Module):
         # Under "dynamics" the actor's gradient passes through these modules, never into them.
         with frozen(world_model), torch.set_grad_enabled(dynamics):
             feats, raw_actions = self.imagine(world_model, start)  # (N, H+1, F), (N, H, A)
-            rewards = world_model.reward_head(feats[:, 1:]).mean  # (N, H)
+            rewards, reward_metrics = reward_fn(world_model, feats, raw_actions)
             cont = torch.sigmoid(world_model.continue_head(feats[:, 1:]).float())  # (N, H)
         # One critic pass over the imagined states: its loss trains the critic, and its mean
         # is v_t for the returns. Under "dynamics" v_t must pass gradient to the actor through
@@ -170,6 +181,7 @@ class Behavior(nn.Module):
             "critic/value": values.mean().detach(),
             "world_model/imagined_reward": rewards.mean().detach(),
             **critic_metrics,
+            **reward_metrics,
         }
         return actor_loss, critic_loss, metrics
 

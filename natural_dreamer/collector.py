@@ -31,10 +31,14 @@ class RandomPolicy:
 
 
 class AgentPolicy:
-    """The agent's policy for N environments, carrying their recurrent states between calls."""
+    """The agent's policy for N environments, carrying their recurrent states between calls.
 
-    def __init__(self, agent, explore: bool = True, count: int = 1):
-        self.agent, self.explore = agent, explore
+    explore: sample actions (else take the mode); actor: which of the agent's actors chooses
+    (the task actor when None; training collects with agent.collecting_actor()).
+    """
+
+    def __init__(self, agent, explore: bool = True, count: int = 1, actor=None):
+        self.agent, self.explore, self.actor = agent, explore, actor
         self.state = agent.initial_state(count)
 
     def __call__(self, obs: dict) -> np.ndarray:
@@ -42,7 +46,7 @@ class AgentPolicy:
         returns (N, A) float32 actions."""
         keys = [*self.agent.world_model.obs_keys, "is_first"]
         action, self.state = self.agent.act(
-            {key: obs[key] for key in keys}, self.state, self.explore
+            {key: obs[key] for key in keys}, self.state, self.explore, self.actor
         )
         return action
 

@@ -141,11 +141,14 @@ LOWER_BOUNDS = {
     "train.replay_capacity": 2,
     "train.log_every": 1,
     "train.checkpoint_every": 1,
+    "explore.ensemble": 2,  # a variance needs two members
 }
 
 
 # The metric writers `logger` may name, comma-separated.
 LOGGERS = ("csv", "tensorboard")
+# Who collects the training data (`exploration`).
+EXPLORATIONS = ("greedy", "plan2explore")
 
 
 def validate(config: AttrDict) -> None:
@@ -170,6 +173,8 @@ def validate(config: AttrDict) -> None:
             "train.replay_capacity / train.envs must hold a whole sequence of "
             f"world_model.batch_length {config.world_model.batch_length} steps per environment"
         )
+    if config.exploration not in EXPLORATIONS:
+        raise ConfigError(f"exploration must be greedy or plan2explore, got {config.exploration!r}")
     loggers = config.logger.split(",")
     if not loggers or not set(loggers) <= set(LOGGERS) or len(set(loggers)) < len(loggers):
         raise ConfigError(

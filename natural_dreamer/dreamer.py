@@ -12,6 +12,7 @@ from torch import nn
 
 from natural_dreamer.behavior import Behavior
 from natural_dreamer.distributed import average_gradients
+from natural_dreamer.exploration import Plan2Explore
 from natural_dreamer.networks import model_sizes
 from natural_dreamer.optim import clip_gradients, make_optimizer
 from natural_dreamer.world_model import WorldModel
@@ -40,7 +41,27 @@ class Dreamer(nn.Module):
             "actor": make_optimizer(self.behavior.actor.parameters(), opt.actor_lr, config),
             "critic": make_optimizer(self.behavior.critic.parameters(), opt.critic_lr, config),
         }
+        # Built last and only when asked for, so a greedy agent is the same as before.
+        self.explorer = self.build_explorer(sizes) if config.exploration == "plan2explore" else None
         self.to(self.device)
+
+    def build_explorer(self, sizes: dict) -> Plan2Explore:
+        """Plan2Explore's ensemble and exploration actor-critic, with their optimisers."""
+        config, rssm = self.config, self.world_model.rssm
+        explorer = Plan2Explore(
+            rssm.feat_dim, rssm.stoch * rssm.classes, self.action_size, self.discrete, sizes, config
+        )
+        opt = config.optimizer
+        self.optimizers["explore_ensemble"] = make_optimizer(
+            explorer.ensemble.parameters(), config.explore.ensemble_lr, config
+        )
+        self.optimizers["explore_actor"] = make_optimizer(
+            explorer.behavior.actor.parameters(), opt.actor_lr, config
+        )
+        self.optimizers["explore_critic"] = make_optimizer(
+            explorer.behavior.critic.parameters(), opt.critic_lr, config
+        )
+        return explorer
 
     def autocast(self):
         """bf16 autocast for the training passes when config.precision is bf16."""
@@ -53,7 +74,8 @@ class Dreamer(nn.Module):
         return {key: torch.as_tensor(value, device=self.device) for key, value in batch.items()}
 
     def train_step(self, batch: dict) -> dict:
-        """One gradient step of the world model, the actor and the critic.
+        """One gradient step of the world model, the actor and the critic (and under
+        plan2explore of the ensemble and the exploration actor and critic).
 
         batch: dict of (B, T, ...) arrays from ReplayBuffer.sample. Returns metrics as floats.
         """
@@ -70,8 +92,34 @@ class Dreamer(nn.Module):
         metrics["actor/grad_norm"] = self.update("actor", actor_loss, self.behavior.actor)
         metrics["critic/grad_norm"] = self.update("critic", critic_loss, self.behavior.critic)
         self.behavior.update_slow_critic()
+        if self.explorer is not None:
+            metrics.update(self.train_explorer(posterior, batch))
         values = torch.stack([value.detach().float() for value in metrics.values()]).tolist()
         return dict(zip(metrics, values, strict=True))
+
+    def train_explorer(self, posterior: dict, batch: dict) -> dict:
+        """Plan2Explore's step: the ensemble on the replayed transitions, then the exploration
+        actor and critic in imagination from the same posterior states. Returns metrics."""
+        explorer = self.explorer
+        with self.autocast():
+            loss, metrics = explorer.ensemble_loss(posterior, batch)
+        metrics["explore/ensemble_grad_norm"] = self.update(
+            "explore_ensemble", loss, explorer.ensemble
+        )
+        with self.autocast():
+            actor_loss, critic_loss, behavior_metrics = explorer.behavior_loss(
+                self.world_model, posterior, batch
+            )
+        metrics.update(behavior_metrics)
+        behavior = explorer.behavior
+        metrics["explore/actor/grad_norm"] = self.update(
+            "explore_actor", actor_loss, behavior.actor
+        )
+        metrics["explore/critic/grad_norm"] = self.update(
+            "explore_critic", critic_loss, behavior.critic
+        )
+        behavior.update_slow_critic()
+        return metrics
 
     def update(self, name: str, loss: torch.Tensor, module: nn.Module) -> torch.Tensor:
         """Backpropagate `loss` into `module` alone and step its optimiser."""
@@ -94,14 +142,21 @@ class Dreamer(nn.Module):
         state["action"] = torch.zeros(batch, self.action_size, device=self.device)
         return state
 
+    def collecting_actor(self) -> nn.Module:
+        """The actor whose samples fill the replay buffer: the explorer's under plan2explore,
+        else the task actor."""
+        return self.behavior.actor if self.explorer is None else self.explorer.behavior.actor
+
     @torch.no_grad()
-    def act(self, obs: dict, state: dict, explore: bool = True):
+    def act(self, obs: dict, state: dict, explore: bool = True, actor: nn.Module | None = None):
         """Choose actions for a batch of environment steps.
 
         obs: dict of (N, ...) arrays with the observation keys and "is_first" (N,).
-        state: from initial_state or the previous call. Returns (actions (N, A) as a NumPy
-        float32 array ready for the environment, new state).
+        state: from initial_state or the previous call. explore: sample (else the mode).
+        actor: the Actor that chooses; the task actor when None. Returns (actions (N, A) as a
+        NumPy float32 array ready for the environment, new state).
         """
+        actor = self.behavior.actor if actor is None else actor
         wm = self.world_model
         obs_t = {
             key: torch.as_tensor(np.asarray(obs[key]), device=self.device) for key in wm.obs_keys
@@ -110,7 +165,7 @@ class Dreamer(nn.Module):
         embed = wm.encoder(obs_t)  # (N, E)
         rssm_state = {"deter": state["deter"], "stoch": state["stoch"]}
         rssm_state, _ = wm.rssm.observe_step(rssm_state, state["action"], embed, is_first)
-        policy = self.behavior.actor(wm.rssm.full_state(rssm_state))
+        policy = actor(wm.rssm.full_state(rssm_state))
         raw = policy.sample() if explore else policy.mode()
         action = policy.to_env(raw)
         return action.cpu().numpy().astype(np.float32), {**rssm_state, "action": action}

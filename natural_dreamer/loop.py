@@ -119,7 +119,8 @@ class Trainer:
         )
         self.collector = VectorCollector(self.envs, self.buffer, seed=self.seed)
         self.random_policy = RandomPolicy(env.action_size, env.discrete, self.seed)
-        self.policy = AgentPolicy(self.agent, count=count)
+        # Under plan2explore the exploration actor collects; evaluation uses the task actor.
+        self.policy = AgentPolicy(self.agent, count=count, actor=self.agent.collecting_actor())
         # Each rank samples its share of the batch; on a GPU the next one is sampled ahead.
         self.loader = BatchLoader(
             self.buffer,
