@@ -19,14 +19,14 @@ dm_control is imported lazily, after `select_mujoco_gl` has picked a headless Op
 backend, because dm_control fixes its backend for the whole process when imported; ale-py
 and crafter are imported when their suite is built.
 
-Run `python -m natural_dreamer.envs` to time DMC rendering and stepping on this machine.
+Atari and Crafter live in worlds.py; `python -m natural_dreamer.bench --tables envs` times
+the suites on this machine.
 """
 
 import difflib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -443,200 +443,6 @@ def _resize(frame: np.ndarray, size: int) -> np.ndarray:
     return np.array(Image.fromarray(frame).resize((size, size), Image.Resampling.BILINEAR))
 
 
-class AtariEnv(Env):
-    """An Atari 2600 game through ale-py, by ALE's name: "pong", "breakout", "ms_pacman".
-
-    The ROMs ship inside the ale-py wheel; nothing is downloaded. One policy step is
-    action_repeat emulator frames (4) of the same action with their rewards summed (unclipped:
-    the two-hot reward head copes with any scale). The observation is the pixelwise maximum of
-    the last two of those frames, because some games draw sprites only on every other frame,
-    resized to image_size x image_size RGB with PIL's bilinear filter.
-
-    sticky: the probability that the emulator keeps the previous frame's action instead of the
-      new one, on every frame (Machado et al. 2018: 0.25), so that a memorised action sequence
-      cannot exploit the deterministic emulator. 0 turns it off, as the Atari100k protocol has it.
-    noops: each reset plays a uniform random number in [0, noops] of NOOP frames, drawn from
-      the episode's seed, so that episodes do not all start from one emulator state.
-    full_action_space: False (default) offers the game's minimal action set (6 actions in Pong,
-      4 in Breakout), as the DreamerV3 Atari100k setting does; True offers all 18.
-
-    Losing a life is not an end; is_terminal marks game over only. Games that wait for FIRE
-    after a reset or a lost life (Breakout) are not pressed for: the agent learns to fire.
-    time_limit counts emulator frames (108,000, 30 minutes of play, in the Atari benchmarks);
-    reaching it truncates. `ale_env` is ale-py's gymnasium env, stepped one frame at a time.
-    """
-
-    def __init__(
-        self,
-        game: str,
-        obs: str = "pixels",
-        image_size: int = 64,
-        action_repeat: int = 4,
-        time_limit: int = 108_000,
-        seed: int = 0,
-        sticky: float = 0.25,
-        noops: int = 30,
-        full_action_space: bool = False,
-    ):
-        super().__init__(obs, image_size, action_repeat, time_limit)
-        if obs != "pixels":
-            raise ValueError(f"Atari games offer obs 'pixels' only, got {obs!r}.")
-        import ale_py
-        from ale_py import roms
-
-        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner on stdout
-        games = roms.get_all_rom_ids()
-        if game not in games:
-            close = difflib.get_close_matches(game, games, n=5, cutoff=0.5)
-            raise ValueError(
-                f"Unknown Atari game {game!r}. Close matches: {', '.join(close) or 'none'}. "
-                "List them all with: from ale_py import roms; print(roms.get_all_rom_ids())"
-            )
-        self.ale_env = ale_py.AtariEnv(
-            game=game,
-            frameskip=1,  # the repeat and the max-pooling happen here
-            repeat_action_probability=sticky,
-            full_action_space=full_action_space,
-        )
-        self.action_size, self.discrete = int(self.ale_env.action_space.n), True
-        self._noop = self.ale_env.get_action_meanings().index("NOOP")
-        self.noops = noops
-        self._seed = seed
-        self._rng = np.random.default_rng(seed)
-        self._frames = None  # the last two emulator frames, (210, 160, 3) uint8 each
-        self._image = None
-        self._env_steps = 0
-
-    def render(self) -> np.ndarray:
-        """Return the latest observation, (image_size, image_size, 3) uint8."""
-        if self._image is None:
-            raise RuntimeError("render() called before the first reset().")
-        return self._image
-
-    def close(self) -> None:
-        """Close the emulator."""
-        self.ale_env.close()
-
-    def _reset(self, seed: int | None) -> dict:
-        # Without a seed, only the first reset is seeded; later ones continue its streams.
-        seed = self._seed if seed is None else seed
-        self._seed = None
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
-        frame, _ = self.ale_env.reset(seed=seed)  # a seed also seeds the sticky actions
-        for _ in range(self._rng.integers(self.noops + 1)):
-            frame, _, game_over, _, _ = self.ale_env.step(self._noop)
-            if game_over:
-                frame, _ = self.ale_env.reset()
-        self._frames = [frame, frame]
-        self._env_steps = 0
-        return self._observe()
-
-    def _step(self, env_action: int) -> tuple[dict, float, bool, bool]:
-        reward, terminated, truncated = 0.0, False, False
-        for _ in range(self.action_repeat):
-            frame, frame_reward, terminated, truncated, _ = self.ale_env.step(env_action)
-            self._frames = [self._frames[1], frame]
-            self._env_steps += 1
-            reward += float(frame_reward)
-            truncated = truncated or self._env_steps >= self.time_limit
-            if terminated or truncated:
-                break
-        return self._observe(), reward, bool(terminated), bool(truncated and not terminated)
-
-    def _observe(self) -> dict:
-        pooled = np.maximum(self._frames[0], self._frames[1])  # (210, 160, 3)
-        self._image = _resize(pooled, self.image_size)
-        return {"image": self._image}
-
-
-CRAFTER_TASKS = ("reward", "noreward")
-
-
-class CrafterEnv(Env):
-    """Crafter (Hafner 2021): a 2D survival world with 22 achievements and 17 actions.
-
-    task "reward" is the benchmark: +1 the first time in an episode each achievement is
-    unlocked, and +-0.1 per health point gained or lost; "noreward" gives reward 0 (the
-    achievements are still reported). The observation is Crafter's own top-down view with the
-    inventory below it, drawn at image_size x image_size. The 17 discrete actions take a
-    length-17 vector and use its argmax. is_terminal marks the player's death; time_limit
-    steps (10,000 in the benchmark) truncate.
-
-    The last step dict of an episode also holds "achievements": {name: times unlocked in this
-    episode} for all 22 achievements (crafter.constants.achievements). An achievement's success
-    rate is the fraction of episodes where its count is > 0; the Crafter score is the
-    geometric mean of the 22 success rates (in percent). It is no observation: obs_space does
-    not list it and the replay buffer does not store it.
-    """
-
-    def __init__(
-        self,
-        task: str = "reward",
-        obs: str = "pixels",
-        image_size: int = 64,
-        action_repeat: int = 1,
-        time_limit: int = 10_000,
-        seed: int = 0,
-    ):
-        super().__init__(obs, image_size, action_repeat, time_limit)
-        if obs != "pixels":
-            raise ValueError(f"Crafter offers obs 'pixels' only, got {obs!r}.")
-        if task not in CRAFTER_TASKS:
-            raise ValueError(
-                f"Unknown Crafter task {task!r}; choose one of: {', '.join(CRAFTER_TASKS)}."
-            )
-        self._reward = task == "reward"
-        self.crafter_env = self._make(seed)  # a seedless first reset plays its first episode
-        self.action_size, self.discrete = int(self.crafter_env.action_space.n), True
-        self._image = None
-        self._achievements = {}
-        self._env_steps = 0
-
-    def step(self, action: np.ndarray) -> dict:
-        """As Env.step; the episode's last dict also carries "achievements"."""
-        step = super().step(action)
-        if step["is_last"]:
-            step["achievements"] = dict(self._achievements)
-        return step
-
-    def render(self) -> np.ndarray:
-        """Return the latest observation, (image_size, image_size, 3) uint8."""
-        if self._image is None:
-            raise RuntimeError("render() called before the first reset().")
-        return self._image
-
-    def _make(self, seed: int):
-        import crafter
-
-        # length=None: the time limit is counted here, so it can be told from a death.
-        size = (self.image_size, self.image_size)
-        return crafter.Env(size=size, reward=self._reward, length=None, seed=seed)
-
-    def _reset(self, seed: int | None) -> dict:
-        # Crafter seeds episode k of an env from (its seed, k): a new seed needs a new env
-        # (0.06 s; generating the world at reset takes about 1.3 s anyway).
-        if seed is not None:
-            self.crafter_env = self._make(seed)
-        self._image = self.crafter_env.reset()
-        self._achievements = {}
-        self._env_steps = 0
-        return {"image": self._image}
-
-    def _step(self, env_action: int) -> tuple[dict, float, bool, bool]:
-        reward, dead, truncated = 0.0, False, False
-        for _ in range(self.action_repeat):
-            self._image, step_reward, _, info = self.crafter_env.step(env_action)
-            self._env_steps += 1
-            reward += float(step_reward)
-            self._achievements = info["achievements"]
-            dead = info["discount"] == 0.0
-            truncated = self._env_steps >= self.time_limit
-            if dead or truncated:
-                break
-        return {"image": self._image}, reward, dead, truncated and not dead
-
-
 class ToyEnv(Env):
     """A deterministic counter for testing reward alignment; other tests rely on it exactly.
 
@@ -726,6 +532,8 @@ def make_env(env_config: Mapping, seed: int) -> Env:
         action_repeat = int(env_config.get("action_repeat", 1))
         return GymEnv(env_config["task"], action_repeat=action_repeat, seed=seed, **common)
     if suite == "atari":
+        from natural_dreamer.worlds import AtariEnv
+
         return AtariEnv(
             env_config["task"],
             obs=env_config.get("obs", "pixels"),
@@ -735,6 +543,8 @@ def make_env(env_config: Mapping, seed: int) -> Env:
             seed=seed,
         )
     if suite == "crafter":
+        from natural_dreamer.worlds import CrafterEnv
+
         return CrafterEnv(
             env_config.get("task", "reward"),
             obs=env_config.get("obs", "pixels"),
@@ -746,43 +556,3 @@ def make_env(env_config: Mapping, seed: int) -> Env:
     if suite == "toy":
         return ToyEnv(env_config.get("task", "counter"), **common)
     raise ValueError(f"Unknown env suite {suite!r}; choose one of: {', '.join(SUITES)}.")
-
-
-def _ms_per_call(function, calls: int = 200) -> float:
-    """Mean wall-clock milliseconds of `function()` after one warm-up call."""
-    function()
-    start = time.perf_counter()
-    for _ in range(calls):
-        function()
-    return (time.perf_counter() - start) / calls * 1e3
-
-
-def _benchmark(steps: int = 1000) -> None:
-    """Print ms per 64x64 walker_walk frame, and env steps/s for pixel and proprio walker."""
-    env = DMCEnv("walker_walk", obs="pixels", fast_render=False)
-    env.reset()
-    # What most ports call every frame: a new camera and scene each time, full quality.
-    ms = _ms_per_call(lambda: env.dmc_env.physics.render(64, 64, camera_id=0))
-    print(f"walker_walk 64x64 frame, physics.render(): {ms:.2f} ms/frame")
-    env.close()
-    for fast_render in (False, True):
-        env = DMCEnv("walker_walk", obs="pixels", fast_render=fast_render)
-        env.reset()
-        ms = _ms_per_call(env.render)
-        print(f"walker_walk 64x64 frame, fast_render={fast_render}: {ms:.2f} ms/frame")
-        env.close()
-    rng = np.random.default_rng(0)
-    for obs in ("pixels", "proprio"):
-        env = DMCEnv("walker_walk", obs=obs, action_repeat=2)
-        env.reset()
-        start = time.perf_counter()
-        for _ in range(steps):
-            if env.step(rng.uniform(-1, 1, env.action_size))["is_last"]:
-                env.reset()
-        rate = steps * env.action_repeat / (time.perf_counter() - start)
-        print(f"walker_walk obs={obs}, action_repeat 2: {rate:.0f} env steps/s")
-        env.close()
-
-
-if __name__ == "__main__":
-    _benchmark()

@@ -13,8 +13,9 @@ from PIL import Image
 
 from natural_dreamer.buffer import ReplayBuffer
 from natural_dreamer.collector import Collector, RandomPolicy
-from natural_dreamer.envs import AtariEnv, CrafterEnv, make_env
+from natural_dreamer.envs import make_env
 from natural_dreamer.vector import GymnasiumEnv
+from natural_dreamer.worlds import AtariEnv, CrafterEnv
 
 STEP_FLAGS = {"reward", "is_first", "is_last", "is_terminal"}
 
