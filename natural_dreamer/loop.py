@@ -276,10 +276,11 @@ class Trainer:
             if logger:
                 logger.log(row)
         if not self.quiet:
+            loss = row.get("world_model/loss")  # none yet while prefilling
             tqdm.write(
                 f"{self.run} | env {self.env_steps} | grad {self.gradient_steps} | "
                 f"return {row['return_last10']:.1f} | "
-                f"wm loss {row.get('world_model/loss', np.nan):.2f} | "
+                f"wm loss {'-' if loss is None else f'{loss:.2f}'} | "
                 f"rss {row['memory/resident_mb']:.0f} MB | "
                 f"{row['wall_seconds']:.0f}s"
             )
