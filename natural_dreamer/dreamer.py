@@ -5,6 +5,7 @@ behavior_training in imagination from every posterior state of that batch.
 """
 
 import contextlib
+import shutil
 
 import numpy as np
 import torch
@@ -13,8 +14,9 @@ from torch import nn
 from natural_dreamer.behavior import Behavior
 from natural_dreamer.distributed import average_gradients
 from natural_dreamer.exploration import Plan2Explore
-from natural_dreamer.networks import model_sizes
+from natural_dreamer.networks import MLP, ImageDecoder, ImageEncoder, model_sizes
 from natural_dreamer.optim import clip_gradients, make_optimizer
+from natural_dreamer.rssm import LatentNet, RecurrentCell
 from natural_dreamer.world_model import WorldModel
 
 
@@ -44,6 +46,8 @@ class Dreamer(nn.Module):
         # Built last and only when asked for, so a greedy agent is the same as before.
         self.explorer = self.build_explorer(sizes) if config.exploration == "plan2explore" else None
         self.to(self.device)
+        if config.compile:
+            compile_networks(self)
 
     def build_explorer(self, sizes: dict) -> Plan2Explore:
         """Plan2Explore's ensemble and exploration actor-critic, with their optimisers."""
@@ -169,3 +173,30 @@ class Dreamer(nn.Module):
         raw = policy.sample() if explore else policy.mode()
         action = policy.to_env(raw)
         return action.cpu().numpy().astype(np.float32), {**rssm_state, "action": action}
+
+
+# The modules whose forward passes torch.compile fuses: every Linear/conv -> RMSNorm -> SiLU
+# chain and the GRU's gate arithmetic, where eager PyTorch spends most of its time passing
+# whole tensors through memory once per elementwise op.
+COMPILED = (MLP, ImageEncoder, ImageDecoder, RecurrentCell, LatentNet)
+
+
+def compile_networks(agent: nn.Module) -> None:
+    """torch.compile those modules in place (their parameters and state_dict keys unchanged).
+
+    dynamic=True gives one graph for every batch size (acting, training, imagination), so
+    the first steps compile a handful of graphs and later steps compile none. The graphs
+    are cached per forward function, which many MLP instances share (with and without
+    gradients, sliced inputs...), so the default limit of 8 per function would send the
+    rest back to eager PyTorch without a word beyond a warning.
+    """
+    cpu = any(p.device.type == "cpu" for p in agent.parameters())
+    if cpu and not any(shutil.which(name) for name in ("c++", "g++", "clang++")):
+        raise RuntimeError(
+            "compile: true builds C++ kernels, but no C++ compiler (c++, g++ or clang++) is on "
+            "PATH: install one (bash scripts/install.sh does) or run with --compile false"
+        )
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    for module in agent.modules():
+        if isinstance(module, COMPILED):
+            module.compile(dynamic=True)

@@ -128,8 +128,10 @@ class ImageDecoder(nn.Module):
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         batch_shape = feat.shape[:-1]
-        x = self.linear(feat).reshape(-1, self.channels, self.side, self.side)  # (N, C, h, w)
-        x = self.net(x)  # (N, 3, H, W)
+        # Channels-last maps ((N, h, w, C) in memory) run the convolutions faster on a CPU and
+        # make ChannelNorm's permutes free; the encoder gets them from the NHWC images.
+        x = self.linear(feat).reshape(-1, self.side, self.side, self.channels)  # (N, h, w, C)
+        x = self.net(x.permute(0, 3, 1, 2))  # (N, 3, H, W), channels-last in memory
         return x.permute(0, 2, 3, 1).reshape(*batch_shape, *x.shape[2:], 3)  # (..., H, W, 3)
 
 

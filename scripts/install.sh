@@ -2,11 +2,12 @@
 # Install what Natural Dreamer needs on a fresh Debian/Ubuntu machine:
 #   - GL libraries for headless MuJoCo rendering (EGL, with OSMesa as the fallback),
 #   - Chromium, which the tests use to check that the HTML plots render offline,
+#   - a C++ compiler, which torch.compile (config key `compile: true`) builds its kernels with,
 #   - the pinned Python packages (torch 2.13.0 is the CPU build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debian_packages=(libegl1 libgl1-mesa-dri libopengl0 libosmesa6 chromium)
+debian_packages=(libegl1 libgl1-mesa-dri libopengl0 libosmesa6 chromium g++)
 missing=()
 for package in "${debian_packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

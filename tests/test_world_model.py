@@ -146,3 +146,34 @@ def test_block_linear_equals_each_block_seeing_its_slice_and_the_shared_inputs()
     for g in range(4):
         expected = torch.cat([own[:, g], shared], -1) @ layer.weight[g] + layer.bias[g]
         torch.testing.assert_close(out[:, g], expected)
+
+
+def test_compiled_agent_computes_what_the_eager_one_does():
+    """compile: true fuses kernels but must not change the maths, the parameters' names (so
+    checkpoints load either way) or the random streams."""
+    obs_space = MIXED
+    torch.manual_seed(0)
+    eager = Dreamer(obs_space, 3, False, tiny_config())
+    torch.manual_seed(0)
+    compiled = Dreamer(obs_space, 3, False, tiny_config(compile=True))
+    assert eager.state_dict().keys() == compiled.state_dict().keys()
+    batch = random_batch(obs_space, 3, False)
+    results = []
+    for agent in (eager, compiled):
+        torch.manual_seed(1)
+        metrics = agent.train_step(batch)
+        obs = {key: batch[key][:, 0] for key in obs_space} | {"is_first": batch["is_first"][:, 0]}
+        action, _ = agent.act(obs, agent.initial_state(3), explore=False)
+        results.append((metrics, action, agent.state_dict()))
+    (m1, a1, s1), (m2, a2, s2) = results
+    for key in m1:
+        assert np.isclose(m1[key], m2[key], rtol=1e-3, atol=1e-4), (key, m1[key], m2[key])
+    assert np.allclose(a1, a2, atol=1e-4)
+    for key in s1:
+        assert torch.allclose(s1[key].float(), s2[key].float(), rtol=1e-3, atol=1e-5), key
+
+
+def test_compile_without_a_cpp_compiler_says_what_to_install(monkeypatch):
+    monkeypatch.setattr("natural_dreamer.dreamer.shutil.which", lambda name: None)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler.*--compile false"):
+        Dreamer(VECTOR, 3, False, tiny_config(compile=True))
