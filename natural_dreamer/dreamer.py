@@ -188,7 +188,9 @@ def compile_networks(agent: nn.Module) -> None:
     the first steps compile a handful of graphs and later steps compile none. The graphs
     are cached per forward function, which many MLP instances share (with and without
     gradients, sliced inputs...), so the default limit of 8 per function would send the
-    rest back to eager PyTorch without a word beyond a warning.
+    rest back to eager PyTorch without a word beyond a warning. Donated buffers (a memory
+    saving that frees saved tensors during backward) are off, so backward(retain_graph=True)
+    works as it does in eager PyTorch.
     """
     cpu = any(p.device.type == "cpu" for p in agent.parameters())
     if cpu and not any(shutil.which(name) for name in ("c++", "g++", "clang++")):
@@ -197,6 +199,7 @@ def compile_networks(agent: nn.Module) -> None:
             "PATH: install one (bash scripts/install.sh does) or run with --compile false"
         )
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    torch._functorch.config.donated_buffer = False
     for module in agent.modules():
         if isinstance(module, COMPILED):
             module.compile(dynamic=True)

@@ -171,6 +171,13 @@ def test_compiled_agent_computes_what_the_eager_one_does():
     assert np.allclose(a1, a2, atol=1e-4)
     for key in s1:
         assert torch.allclose(s1[key].float(), s2[key].float(), rtol=1e-3, atol=1e-5), key
+    # As in eager PyTorch, a graph kept with retain_graph=True can be walked back twice
+    # (chapter 06 does this to see which parameters each loss reaches).
+    tensors = compiled.batch_to_torch(batch)
+    _, _, posterior = compiled.world_model.loss(tensors)
+    actor_loss, critic_loss, _ = compiled.behavior.loss(compiled.world_model, posterior, tensors)
+    for loss in (actor_loss, critic_loss):
+        loss.backward(retain_graph=True)
 
 
 def test_compile_without_a_cpp_compiler_says_what_to_install(monkeypatch):
