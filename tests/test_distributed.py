@@ -93,7 +93,9 @@ def test_two_half_batches_make_the_update_of_one_full_batch(tmp_path):
     for rank in ranks:
         assert rank["grads"].keys() == grads.keys()
         for name, grad in grads.items():  # the all-reduced mean of the two half-batch grads
-            assert torch.allclose(rank["grads"][name], grad, rtol=1e-4, atol=1e-7), name
+            # float32 sums in another order: allow rounding relative to the gradient's size
+            atol = 1e-5 * grad.abs().max().item()
+            assert torch.allclose(rank["grads"][name], grad, rtol=1e-4, atol=atol), name
         for name, param in params.items():
             assert torch.allclose(rank["params"][name], param, rtol=1e-5, atol=1e-7), name
     # The comparison can fail: one half-batch alone gives other gradients.
