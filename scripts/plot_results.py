@@ -1,7 +1,10 @@
-"""Draw the README's learning curves: one PNG per run from its metrics CSV.
+"""Draw the README's learning curves: one PNG per run from its metrics CSV, or several runs
+compared in one PNG (the mean of the last 10 training episodes and the evaluations of each).
 
     python scripts/plot_results.py metrics/pendulum_seed0.csv --target -200 \
         --out docs/figures/pendulum.png
+    python scripts/plot_results.py metrics/a.csv metrics/b.csv --labels greedy plan2explore \
+        --out docs/figures/compare.png
 """
 
 import argparse
@@ -18,14 +21,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("csv", type=Path)
+    parser.add_argument("csv", type=Path, nargs="+", help="one run, or several to compare")
+    parser.add_argument("--labels", nargs="+", default=None, help="one per CSV when comparing")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--target", type=float, default=None, help="draw the target return")
     parser.add_argument("--title", default=None)
     args = parser.parse_args()
+    if args.labels is not None and len(args.labels) != len(args.csv):
+        parser.error(f"{len(args.csv)} CSV files but {len(args.labels)} --labels")
 
-    frame = pd.read_csv(args.csv)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    if len(args.csv) == 1:
+        plot_one(ax, args.csv[0], args.title)
+    else:
+        plot_many(ax, args.csv, args.labels or [path.stem for path in args.csv], args.title)
+    if args.target is not None:
+        ax.axhline(
+            args.target,
+            color="tab:red",
+            linestyle="--",
+            linewidth=1,
+            label=f"target {args.target:g}",
+        )
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("episode return")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out)
+    print(f"wrote {args.out}")
+
+
+def plot_one(ax, path: Path, title: str | None) -> None:
+    """Training episodes, their running mean and the evaluations of one run."""
+    frame = pd.read_csv(path)
     rows = frame.dropna(subset=["episode_return"])
     ax.plot(
         rows["env_steps"],
@@ -49,24 +79,36 @@ def main() -> None:
             color="k",
             label="evaluation (policy mode)",
         )
-    if args.target is not None:
-        ax.axhline(
-            args.target,
-            color="tab:red",
-            linestyle="--",
-            linewidth=1,
-            label=f"target {args.target:g}",
-        )
     hours = frame["wall_seconds"].iloc[-1] / 3600
-    ax.set_title(args.title or f"{args.csv.stem} ({hours:.2f} h on a 2-core CPU)")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("episode return")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out)
-    print(f"wrote {args.out}")
+    ax.set_title(title or f"{path.stem} ({hours:.2f} h on a 2-core CPU)")
+
+
+def plot_many(ax, paths: list, labels: list, title: str | None) -> None:
+    """Each run's mean of the last 10 training episodes (line) and evaluations (dots)."""
+    for index, (path, label) in enumerate(zip(paths, labels, strict=True)):
+        frame = pd.read_csv(path)
+        color = f"C{index}"
+        hours = frame["wall_seconds"].iloc[-1] / 3600
+        rows = frame.dropna(subset=["return_last10"])
+        ax.plot(
+            rows["env_steps"],
+            rows["return_last10"],
+            color=color,
+            linewidth=2,
+            label=f"{label}: mean of last 10 training episodes ({hours:.2f} h)",
+        )
+        if "eval_return" in frame:
+            rows = frame.dropna(subset=["eval_return"])
+            ax.scatter(
+                rows["env_steps"],
+                rows["eval_return"],
+                s=18,
+                color=color,
+                marker="o",
+                edgecolors="k",
+                label=f"{label}: evaluation (task actor, policy mode)",
+            )
+    ax.set_title(title or " vs ".join(labels))
 
 
 if __name__ == "__main__":
