@@ -63,22 +63,7 @@ def plot_one(ax, path: Path, title: str | None) -> None:
         alpha=0.35,
         label="training episodes (interval mean)",
     )
-    rows = frame.dropna(subset=["return_last10"])
-    ax.plot(
-        rows["env_steps"],
-        rows["return_last10"],
-        linewidth=2,
-        label="mean of last 10 training episodes",
-    )
-    if "eval_return" in frame:
-        rows = frame.dropna(subset=["eval_return"])
-        ax.scatter(
-            rows["env_steps"],
-            rows["eval_return"],
-            s=18,
-            color="k",
-            label="evaluation (policy mode)",
-        )
+    plot_curves(ax, frame, label="", line_color="C1", dot_color="k")
     hours = frame["wall_seconds"].iloc[-1] / 3600
     ax.set_title(title or f"{path.stem} ({hours:.2f} h on a 2-core CPU)")
 
@@ -87,28 +72,32 @@ def plot_many(ax, paths: list, labels: list, title: str | None) -> None:
     """Each run's mean of the last 10 training episodes (line) and evaluations (dots)."""
     for index, (path, label) in enumerate(zip(paths, labels, strict=True)):
         frame = pd.read_csv(path)
-        color = f"C{index}"
         hours = frame["wall_seconds"].iloc[-1] / 3600
-        rows = frame.dropna(subset=["return_last10"])
-        ax.plot(
-            rows["env_steps"],
-            rows["return_last10"],
-            color=color,
-            linewidth=2,
-            label=f"{label}: mean of last 10 training episodes ({hours:.2f} h)",
-        )
-        if "eval_return" in frame:
-            rows = frame.dropna(subset=["eval_return"])
-            ax.scatter(
-                rows["env_steps"],
-                rows["eval_return"],
-                s=18,
-                color=color,
-                marker="o",
-                edgecolors="k",
-                label=f"{label}: evaluation (task actor, policy mode)",
-            )
+        plot_curves(ax, frame, f"{label} ({hours:.2f} h): ", f"C{index}", f"C{index}")
     ax.set_title(title or " vs ".join(labels))
+
+
+def plot_curves(ax, frame, label: str, line_color: str, dot_color: str) -> None:
+    """The mean of the last 10 training episodes (line) and the evaluations of the task
+    actor's mode (dots) of one run, their legend entries prefixed with label."""
+    rows = frame.dropna(subset=["return_last10"])
+    ax.plot(
+        rows["env_steps"],
+        rows["return_last10"],
+        color=line_color,
+        linewidth=2,
+        label=f"{label}mean of last 10 training episodes",
+    )
+    if "eval_return" in frame:
+        rows = frame.dropna(subset=["eval_return"])
+        ax.scatter(
+            rows["env_steps"],
+            rows["eval_return"],
+            s=18,
+            color=dot_color,
+            edgecolors="k",
+            label=f"{label}evaluation (policy mode)",
+        )
 
 
 if __name__ == "__main__":
