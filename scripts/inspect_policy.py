@@ -11,7 +11,7 @@
 
     python scripts/inspect_policy.py checkpoints/atari_pong_first100k_bf16_compiled_seed0_1.3k.pth
 
-Runs on the CPU without torch.compile whatever the run used; takes about 15 s for the 12M
+Runs on the CPU without torch.compile whatever the run used; takes 15-20 s for the 12M
 model (one batch of the run's size).
 """
 
@@ -46,7 +46,6 @@ def load_run(path: Path):
     env = make_env(config.env, seed=config.seed)
     agent = Dreamer(env.obs_space, env.action_size, env.discrete, config, "cpu")
     agent.load_state_dict(state["agent"])
-    agent.eval()
     buffer_state = torch_to_numpy(state["buffer"])
     buffer = ReplayBuffer(
         config.train.replay_capacity,
@@ -56,7 +55,7 @@ def load_run(path: Path):
         streams=len(buffer_state["sizes"]),
     )
     buffer.load_state_dict(buffer_state)
-    return agent, buffer, state["counters"], env.discrete
+    return agent, buffer, state["counters"]
 
 
 def replayed_actions(buffer: ReplayBuffer, discrete: bool, rows: int) -> list[str]:
@@ -85,7 +84,7 @@ def oldest_first(buffer: ReplayBuffer, key: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def actor_report(agent: Dreamer, batch: dict, discrete: bool) -> dict:
+def actor_report(agent: Dreamer, batch: dict) -> dict:
     """The actor on the batch's posterior states, and the advantages of imagined rollouts."""
     behavior, world_model = agent.behavior, agent.world_model
     batch = agent.batch_to_torch(batch)
@@ -107,7 +106,7 @@ def actor_report(agent: Dreamer, batch: dict, discrete: bool) -> dict:
         "advantage": (advantage.mean().item(), advantage.std().item()),
         "imagined_reward": rewards.float().mean().item(),
     }
-    if discrete:
+    if agent.discrete:
         report["probs"] = policy.logits.float().exp().mean(0).tolist()
         taken = raw_actions.argmax(-1)  # (N, H)
         report["by_action"] = [
@@ -115,6 +114,13 @@ def actor_report(agent: Dreamer, batch: dict, discrete: bool) -> dict:
             for a in range(raw_actions.shape[-1])
         ]
     return report
+
+
+def floor_entropy(count: int, mix: float) -> float:
+    """The entropy of a one-action policy mixed with `mix` of the uniform one."""
+    low = mix / count
+    high = 1.0 - mix + low
+    return -(high * math.log(high) + (count - 1) * low * math.log(low)) if mix > 0 else 0.0
 
 
 def main() -> None:
@@ -131,7 +137,8 @@ def main() -> None:
         parser.error("--rows must be at least 1")
 
     torch.manual_seed(args.seed)
-    agent, buffer, counters, discrete = load_run(args.checkpoint)
+    agent, buffer, counters = load_run(args.checkpoint)
+    discrete = agent.discrete
     buffer.rng = np.random.default_rng(args.seed)
     print(
         f"{args.checkpoint.name}: {counters['env_steps']:,} env steps, "
@@ -141,7 +148,7 @@ def main() -> None:
     print("\n".join(replayed_actions(buffer, discrete, args.rows)))
 
     wm = agent.config.world_model
-    report = actor_report(agent, buffer.sample(wm.batch_size, wm.batch_length), discrete)
+    report = actor_report(agent, buffer.sample(wm.batch_size, wm.batch_length))
     states = wm.batch_size * wm.batch_length
     print(f"actor on {states:,} replayed states: entropy {report['entropy']:.3f}", end="")
     if discrete:
@@ -166,13 +173,6 @@ def main() -> None:
                 f"COLLAPSED: the actor puts {report['probs'][top]:.0%} on action {top}; only "
                 "the unimix keeps the others alive. See README, Results (Pong)."
             )
-
-
-def floor_entropy(count: int, mix: float) -> float:
-    """The entropy of a one-action policy mixed with `mix` of the uniform one."""
-    low = mix / count
-    high = 1.0 - mix + low
-    return -(high * math.log(high) + (count - 1) * low * math.log(low)) if mix > 0 else 0.0
 
 
 if __name__ == "__main__":

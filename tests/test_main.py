@@ -66,6 +66,23 @@ def test_smoke_writes_every_output(smoke_run):
     assert frames.shape[0] == 201 and frames.shape[-1] == 3  # reset frame + 200 steps
 
 
+def test_inspect_policy_reads_the_smoke_checkpoint(smoke_run):
+    checkpoint = smoke_run[0] / "checkpoints" / "smoke_run_0.1k.pth"
+    result = subprocess.run(
+        [sys.executable, "scripts/inspect_policy.py", str(checkpoint), "--rows", "4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout.splitlines()
+    assert out[0].startswith("smoke_run_0.1k.pth: 600 env steps, 100 gradient steps")
+    assert out[1] == "replayed actions (mean±std)" and len(out[2:6]) == 4
+    assert out[6].startswith("actor on 64 replayed states: entropy ")
+    assert "imagined advantages" in out[7] and "max(1, S) 1.00" in out[7]
+
+
 def test_resume_continues_the_same_run(smoke_run, tmp_path):
     out = smoke_run[0]
     result = run_main("smoke", "--resume", "0.1k", "--max_steps", "1000", outdir=out)
