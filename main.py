@@ -10,6 +10,7 @@ Outputs go to metrics/, plots/, checkpoints/ and videos/ (under --outdir, the re
 default); under torchrun only rank 0 writes them.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -61,8 +62,17 @@ def main(argv: list) -> int:
     except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    root = outdir or ROOT
+    try:  # the output root must be a folder we can write, before any work
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".natural_dreamer_probe_{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        print(f"error: cannot write to --outdir {root}: {error.strerror or error}", file=sys.stderr)
+        return 2
     try:
-        return train(config, resume, outdir or ROOT)
+        return train(config, resume, root)
     finally:
         distributed.shutdown()
 

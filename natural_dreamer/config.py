@@ -6,6 +6,7 @@ exist there, with a value of the same type), and saved back as plain YAML.
 """
 
 import difflib
+import re
 from pathlib import Path
 
 import yaml
@@ -107,7 +108,7 @@ def load_config(name: str, overrides=None) -> AttrDict:
     values are parsed as YAML scalars ("3" -> 3, "true" -> True, "1e-4" -> 0.0001).
     """
     path = CONFIG_DIR / f"{name}.yml"
-    if name == "defaults" or not path.is_file():
+    if name not in available_configs():  # also refuses "../x": a name is a file in configs/
         raise ConfigError(f"unknown config '{name}'; available: {', '.join(available_configs())}")
     defaults_tree = read_yaml(CONFIG_DIR / "defaults.yml")
     defaults = flatten(defaults_tree)
@@ -145,6 +146,22 @@ LOWER_BOUNDS = {
 }
 
 
+# A run name (and a --resume suffix) becomes part of file names in the output folders, so it
+# is one path component of safe characters: no separator, no "..", nothing hidden.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_name(kind: str, name) -> str:
+    """Return name if it is a safe file-name part (letters, digits, '.', '_', '-'; starting
+    with a letter or digit; at most 64 characters; no '..'), else raise ConfigError."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"{kind} {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, without '..' (it names files in the output folders)"
+        )
+    return name
+
+
 # The metric writers `logger` may name, comma-separated.
 LOGGERS = ("csv", "tensorboard")
 # Who collects the training data (`exploration`).
@@ -154,6 +171,7 @@ EXPLORATIONS = ("greedy", "plan2explore")
 def validate(config: AttrDict) -> None:
     """Refuse values no run can use, with the reason in the message."""
     flat = flatten(config.to_dict())
+    check_name("run_name", config.run_name)
     for key, low in LOWER_BOUNDS.items():
         if flat[key] < low:
             raise ConfigError(f"{key} must be at least {low}, got {flat[key]}")

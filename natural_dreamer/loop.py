@@ -45,7 +45,14 @@ from natural_dreamer.collector import (
     VectorCollector,
     run_episode,
 )
-from natural_dreamer.config import CONFIG_DIR, ROOT, flatten, read_yaml, save_config
+from natural_dreamer.config import (
+    CONFIG_DIR,
+    ROOT,
+    check_name,
+    flatten,
+    read_yaml,
+    save_config,
+)
 from natural_dreamer.dreamer import Dreamer
 from natural_dreamer.envs import make_env
 from natural_dreamer.loader import BatchLoader
@@ -53,6 +60,9 @@ from natural_dreamer.logger import MetricsLogger
 from natural_dreamer.utils import pick_device, resident_mb, seed_everything
 from natural_dreamer.vector import make_vector_env
 from natural_dreamer.video import side_by_side, write_video
+
+# The folders under the output root (--outdir) that a run writes into, and nothing else.
+OUTPUT_FOLDERS = ("metrics", "plots", "checkpoints", "videos")
 
 # Keys that may differ between a checkpoint's config and a resumed run's.
 RESUMABLE_CHANGES = {"train.steps", "device", "logger"}
@@ -131,6 +141,10 @@ class Trainer:
         )
 
     def path(self, folder: str, name: str) -> Path:
+        """root/folder/name, where name must be one plain file name: every file the run
+        writes goes through here, so none can land outside root's output folders."""
+        if folder not in OUTPUT_FOLDERS or Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"refusing to write {folder}/{name}: not a file in an output folder")
         return self.root / folder / name
 
     @property
@@ -386,7 +400,7 @@ class Trainer:
     def refuse_to_overwrite(self) -> None:
         """A new run must not write over another run's outputs."""
         taken = [self.path("metrics", f"{self.run}.csv")]
-        taken += sorted(self.path("checkpoints", "").glob(f"{self.run}_*.pth"))
+        taken += sorted((self.root / "checkpoints").glob(f"{self.run}_*.pth"))
         taken = [p for p in taken if p.exists()]
         if taken:
             raise CheckpointError(
@@ -396,6 +410,7 @@ class Trainer:
 
     def resume(self, suffix: str) -> None:
         """Restore everything from checkpoints/<run>_<suffix>.pth."""
+        check_name("--resume suffix", suffix)
         path = self.path("checkpoints", f"{self.run}_{suffix}.pth")
         if not path.is_file():
             have = suffixes(path.parent, self.run)

@@ -253,3 +253,45 @@ def test_a_nan_stops_training_and_names_the_loss(tmp_path):
     assert "Traceback" not in result.stderr
     assert not list((tmp_path / "checkpoints").glob("*.pth"))  # nothing bad was saved
     assert pd.read_csv(tmp_path / "metrics" / "smoke_run.csv")["env_steps"].tolist() == [200]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x/../../../../tmp/ndescape", "../up", "/abs/path", "a\\b", "..", ".hidden", "", "a" * 65],
+)
+def test_a_run_name_cannot_leave_the_output_folders(tmp_path, name):
+    """Separators, '..', absolute paths, empty and very long names: refused in one line."""
+    outdir = tmp_path / "out"
+    result = run_main("smoke", "--run_name", name, outdir=outdir)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "run_name" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []
+
+
+def test_a_resume_suffix_cannot_leave_the_checkpoint_folder(tmp_path):
+    result = run_main("smoke", "--resume", "../../etc/passwd", outdir=tmp_path)
+    assert result.returncode == 2 and "--resume suffix" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_every_written_path_is_a_file_in_an_output_folder(tmp_path):
+    from natural_dreamer import load_config
+    from natural_dreamer.loop import Trainer
+
+    trainer = Trainer(load_config("smoke"), root=tmp_path, quiet=True)
+    assert trainer.path("videos", "smoke_run_1k_dream.mp4") == tmp_path / "videos" / (
+        "smoke_run_1k_dream.mp4"
+    )
+    for folder, name in [("metrics", "../x.csv"), ("metrics", "/tmp/x"), ("..", "x"), ("", "x")]:
+        with pytest.raises(ValueError, match="refusing to write"):
+            trainer.path(folder, name)
+    trainer.envs.close()
+    trainer.eval_env.close()
+
+
+@pytest.mark.parametrize("outdir", ["/proc/natural_dreamer", "/etc/hostname/inside"])
+def test_an_outdir_that_cannot_be_written_stops_before_any_work(outdir):
+    result = run_main("smoke", outdir=outdir, timeout=60)
+    assert result.returncode == 2 and "cannot write to --outdir" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
