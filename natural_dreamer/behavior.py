@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from natural_dreamer.distributions import CategoricalAction, NormalAction
-from natural_dreamer.networks import MLP, TwoHotHead
+from natural_dreamer.networks import MLP, TwoHotHead, init_weights, scale_output
 from natural_dreamer.utils import lambda_returns
 
 
@@ -30,6 +30,10 @@ class Actor(nn.Module):
         self.min_std, self.max_std = config.behavior.action_min_std, config.behavior.action_max_std
         self.mlp = MLP(feat_dim, sizes["units"], sizes["mlp_layers"])
         self.out = nn.Linear(self.mlp.out_dim, action_size * (1 if discrete else 2))
+        init_weights(self)
+        # Official outscale 0.01: the first policy is near uniform (discrete) or near mean 0
+        # with the default std (continuous), whatever the features say.
+        scale_output(self.out, 0.01)
 
     def forward(self, feat: torch.Tensor):
         x = self.out(self.mlp(feat)).float()
@@ -97,7 +101,7 @@ class Behavior(nn.Module):
         self.discount = 1.0 - 1.0 / cfg.discount_horizon
         self.entropy_scale, self.actor_grad = cfg.actor_entropy, cfg.actor_grad
         self.slow_reg, self.slow_decay = cfg.critic_ema_reg, cfg.critic_ema_decay
-        self.replay_scale = cfg.replay_value_loss
+        self.replay_scale, self.replay_grad = cfg.replay_value_loss, cfg.replay_value_grad
         if self.actor_grad not in ("reinforce", "dynamics"):
             raise ValueError(
                 f"behavior.actor_grad must be reinforce or dynamics, not {self.actor_grad}"
@@ -136,7 +140,12 @@ class Behavior(nn.Module):
         0-d tensors).
         """
         B, T = start["deter"].shape[:2]
-        start = {key: value.reshape(B * T, *value.shape[2:]) for key, value in start.items()}
+        # With replay_value_grad the posterior carries the world model's graph: the replay
+        # value loss trains the world model through it, nothing else does.
+        replay_feats = world_model.rssm.full_state(start) if self.replay_grad else None
+        start = {
+            key: value.detach().reshape(B * T, *value.shape[2:]) for key, value in start.items()
+        }
         dynamics = self.actor_grad == "dynamics"
         # Under "dynamics" the actor's gradient passes through these modules, never into them.
         with frozen(world_model), torch.set_grad_enabled(dynamics):
@@ -170,7 +179,7 @@ class Behavior(nn.Module):
         actor_loss = -(weight * (objective + self.entropy_scale * entropy)).mean()
 
         critic_loss, critic_metrics = self.critic_loss(
-            critic_dist, feats, returns, weight, batch, (B, T)
+            critic_dist, feats, returns, weight, batch, (B, T), replay_feats
         )
         metrics = {
             "actor/loss": actor_loss.detach(),
@@ -185,10 +194,13 @@ class Behavior(nn.Module):
         }
         return actor_loss, critic_loss, metrics
 
-    def critic_loss(self, critic_dist, feats, returns, weight, batch, shape):
+    def critic_loss(self, critic_dist, feats, returns, weight, batch, shape, replay_feats=None):
         """Two-hot NLL of the lambda-returns, toward the EMA critic, and on replayed data.
 
         critic_dist: the critic at feats (N, H + 1, F), N = B * T; returns and weight (N, H).
+        replay_feats: the posterior features (B, T, F) with the world model's graph, for a
+        replay value loss that trains the world model too (official repval_grad); None: the
+        loss uses the critic at the detached s_0 of every rollout, the same numbers.
         """
         B, T = shape
         dist = type(critic_dist)(critic_dist.logits[:, :-1])  # the states that have R_t
@@ -199,7 +211,11 @@ class Behavior(nn.Module):
 
         # Replay value loss (v2): s_0 of every imagined rollout is a real posterior state, so
         # the first column of `dist` is the critic on the replayed sequence.
-        replay_dist = type(dist)(dist.logits[:, 0].reshape(B, T, -1)[:, :-1])  # (B, T - 1, K)
+        if replay_feats is None:
+            replay_logits = dist.logits[:, 0].reshape(B, T, -1)[:, :-1]
+        else:
+            replay_logits = self.critic(replay_feats[:, :-1]).logits
+        replay_dist = type(dist)(replay_logits)  # (B, T - 1, K)
         boot = returns[:, 0].detach().reshape(B, T)  # imagined R_0 at every real state
         targets = replay_returns(batch, boot, self.discount, self.lambda_)  # (B, T - 1)
         slow_replay = slow_mean[:, 0].reshape(B, T)[:, :-1]

@@ -9,10 +9,24 @@ Each stored step t holds (pitfall 1)
 Sequences may cross episode boundaries (the RSSM resets at is_first), but never the seam of
 a ring where the newest step sits beside the oldest one.
 
+Replay context (official `replay_context: 1`): with `latent=(D, S, C)` the buffer also keeps,
+for every step, the posterior state (h_t, z_t) that the latest update computed for it.
+`sample(..., context=1)` then reads one step more in front of each sequence, and the model
+starts the sequence from that step's stored state instead of from zeros, so a sequence that
+begins in the middle of an episode does not begin blank (zeros there would act as a false
+episode start). `write_latents` stores the fresh states after every update. A step that was
+never trained on has no state yet; its sequences start from zeros, as before.
+
+Online queue (official `replay.online`): with `online=True` every chunk of T freshly added
+steps of a stream is queued, and `sample` takes queued chunks (oldest first) before drawing
+the rest of the batch uniformly, so every step is trained on at least once while it is new.
+
 With several environments stepping side by side, each writes into its own ring (a "stream"),
 so a sequence always follows one environment: interleaving them in one ring would splice the
 steps of two episodes into a sequence that never happened.
 """
+
+import collections
 
 import numpy as np
 
@@ -25,7 +39,14 @@ class ReplayBuffer:
     """
 
     def __init__(
-        self, capacity: int, obs_space: dict, action_size: int, seed: int = 0, streams: int = 1
+        self,
+        capacity: int,
+        obs_space: dict,
+        action_size: int,
+        seed: int = 0,
+        streams: int = 1,
+        latent: tuple | None = None,
+        online: bool = False,
     ):
         if streams < 1 or capacity < streams:
             raise ValueError(
@@ -49,6 +70,21 @@ class ReplayBuffer:
         self.positions = np.zeros(self.streams, np.int64)  # where each stream writes next
         self.counts = np.zeros(self.streams, np.int64)  # steps ever added to each stream
         self.rng = np.random.default_rng(seed)
+        # Stored posterior states: h as float16 (it lies in [-1, 1]), z as the index of each
+        # one-hot latent, and whether the step has one yet. np.zeros touches no pages.
+        self.latent = latent
+        if latent is not None:
+            deter, stoch, classes = latent
+            if classes > 256:
+                raise ValueError(f"stored latents hold at most 256 classes, got {classes}")
+            self.latents = {
+                "deter": np.zeros((self.capacity, deter), np.float16),
+                "stoch": np.zeros((self.capacity, stoch), np.uint8),
+                "valid": np.zeros(self.capacity, bool),
+            }
+        self.online = online
+        self.queue = collections.deque()  # (stream, end) of fresh chunks: steps [end - T, end)
+        self.chunk = None  # T of the queued chunks, set by the first online sample
 
     def __len__(self) -> int:
         return int(self.stream_sizes().sum())
@@ -78,32 +114,91 @@ class ReplayBuffer:
         row = stream * self.stream_capacity + self.positions[stream]
         for key, array in self.data.items():
             array[row] = step[key]
+        if self.latent is not None:
+            self.latents["valid"][row] = False  # a new step has no posterior state yet
         self.positions[stream] = (self.positions[stream] + 1) % self.stream_capacity
         self.counts[stream] += 1
+        if self.online and self.chunk and self.counts[stream] % self.chunk == 0:
+            self.queue.append((stream, int(self.counts[stream])))
 
-    def sample(self, batch_size: int, length: int) -> dict:
-        """Uniformly sampled sequences: dict of arrays (batch_size, length, ...).
+    def sample(self, batch_size: int, length: int, context: int = 0) -> dict:
+        """Sequences: dict of arrays (batch_size, length, ...), uniformly sampled (after any
+        queued fresh chunks when the buffer is online).
 
         Every start position of every stream is equally likely, so a stream with more steps
         gives more sequences; with one stream this is a plain uniform draw of start positions.
+        context=1 (needs `latent`) reads one step more in front of each sequence and adds
+        "context_action" (B, A), the action taken there, "context_row" (B,), where its stored
+        state lies (read it with `context_states`), and "index" (B, T), the rows of the
+        sequence (for `write_latents`).
         """
+        span = length + context
         sizes = self.stream_sizes()  # (N,)
-        starts_per_stream = np.maximum(sizes - length + 1, 0)  # (N,) valid sequence starts
+        starts_per_stream = np.maximum(sizes - span + 1, 0)  # (N,) valid sequence starts
         if starts_per_stream.sum() == 0:
             raise ValueError(
-                f"the buffer holds {len(self)} steps, fewer than one sequence of {length}"
+                f"the buffer holds {len(self)} steps, fewer than one sequence of {span}"
                 + (" in any one environment's stream" if self.streams > 1 else "")
             )
+        if self.online:
+            self.chunk = length
+        stream, first = self.pop_fresh(batch_size, span)  # (k,) each, absolute step numbers
         # One draw over all valid starts of all streams, then found back in its stream.
-        flat = self.rng.integers(0, starts_per_stream.sum(), batch_size)  # (B,)
+        flat = self.rng.integers(0, starts_per_stream.sum(), batch_size - len(stream))  # (B-k,)
         ends = np.cumsum(starts_per_stream)  # (N,)
-        stream = np.searchsorted(ends, flat, side="right")  # (B,)
-        start = flat - (ends - starts_per_stream)[stream]  # (B,) offset within the stream
-        # Offsets count from a stream's oldest step, so a sequence never runs past its newest.
-        oldest = np.where(self.counts > self.stream_capacity, self.positions, 0)[stream]  # (B,)
-        offset = (oldest + start)[:, None] + np.arange(length)  # (B, T)
-        index = stream[:, None] * self.stream_capacity + offset % self.stream_capacity  # (B, T)
-        return {key: array[index] for key, array in self.data.items()}
+        drawn = np.searchsorted(ends, flat, side="right")  # (B - k,)
+        start = flat - (ends - starts_per_stream)[drawn]  # offset from the stream's oldest step
+        oldest = (self.counts - sizes)[drawn]  # absolute step number of each oldest step
+        stream = np.concatenate([stream, drawn])  # (B,)
+        first = np.concatenate([first, oldest + start])  # (B,) absolute first step (context)
+        steps = first[:, None] + np.arange(span)  # (B, T + context), never past the newest
+        rows = stream[:, None] * self.stream_capacity + steps % self.stream_capacity
+        batch = {key: array[rows[:, context:]] for key, array in self.data.items()}
+        if context:
+            batch["context_action"] = self.data["action"][rows[:, 0]]
+            batch["context_row"] = rows[:, 0]
+            batch["index"] = rows[:, context:]
+        return batch
+
+    def pop_fresh(self, batch_size: int, span: int):
+        """Up to batch_size queued fresh chunks that still lie whole in their rings, as
+        (streams (k,), absolute first steps (k,)) of sequences of `span` steps ending there."""
+        streams, firsts = [], []
+        while self.queue and len(streams) < batch_size:
+            stream, end = self.queue.popleft()
+            first = end - span
+            if first >= self.counts[stream] - self.stream_sizes()[stream]:  # still stored
+                streams.append(stream)
+                firsts.append(first)
+        return np.array(streams, np.int64), np.array(firsts, np.int64)
+
+    def context_states(self, rows: np.ndarray) -> dict:
+        """The stored posterior states at `rows` (B,): "context_deter" (B, D) float32,
+        "context_stoch" (B, S, C) float32 one-hot, "context_valid" (B,) bool (False where no
+        update has stored a state yet; the state is zeros there)."""
+        valid = self.latents["valid"][rows]
+        classes = self.latent[2]
+        stoch = np.eye(classes, dtype=np.float32)[self.latents["stoch"][rows]]  # (B, S, C)
+        return {
+            "context_deter": self.latents["deter"][rows].astype(np.float32) * valid[:, None],
+            "context_stoch": stoch * valid[:, None, None],
+            "context_valid": valid,
+        }
+
+    def write_latents(self, index: np.ndarray, deter: np.ndarray, stoch: np.ndarray) -> None:
+        """Store fresh posterior states: index (B, T) rows, deter (B, T, D), stoch
+        (B, T, S, C) one-hot."""
+        self.latents["deter"][index] = deter
+        self.latents["stoch"][index] = stoch.argmax(-1)
+        self.latents["valid"][index] = True
+
+    def sampler_state(self) -> dict:
+        """What decides the next samples: the random stream and the queue of fresh chunks."""
+        return {"rng": self.rng.bit_generator.state, "queue": list(self.queue)}
+
+    def set_sampler_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.queue = collections.deque(tuple(entry) for entry in state["queue"])
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: the filled part of each ring and the RNG."""
@@ -111,13 +206,18 @@ class ReplayBuffer:
         rows = np.concatenate(
             [i * self.stream_capacity + np.arange(n) for i, n in enumerate(sizes)]
         )
-        return {
+        state = {
             "data": {key: array[rows] for key, array in self.data.items()},  # streams in order
             "sizes": sizes.tolist(),
             "positions": self.positions.tolist(),
             "counts": self.counts.tolist(),
             "rng": self.rng.bit_generator.state,
+            "queue": [list(entry) for entry in self.queue],
+            "chunk": self.chunk,
         }
+        if self.latent is not None:
+            state["latents"] = {key: array[rows] for key, array in self.latents.items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         saved = len(next(iter(state["data"].values())))
@@ -137,7 +237,12 @@ class ReplayBuffer:
             rows = slice(i * self.stream_capacity, i * self.stream_capacity + size)
             for key, array in self.data.items():
                 array[rows] = state["data"][key][first : first + size]
+            if self.latent is not None and "latents" in state:  # older files hold none
+                for key, array in self.latents.items():
+                    array[rows] = state["latents"][key][first : first + size]
             first += size
+        self.queue = collections.deque(tuple(entry) for entry in state.get("queue", []))
+        self.chunk = state.get("chunk")
         self.positions = np.array(positions, np.int64)
         self.counts = np.array(counts, np.int64)
         self.rng.bit_generator.state = state["rng"]

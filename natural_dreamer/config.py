@@ -143,6 +143,9 @@ LOWER_BOUNDS = {
     "train.log_every": 1,
     "train.checkpoint_every": 1,
     "explore.ensemble": 2,  # a variance needs two members
+    "model.dyn_layers": 0,
+    "model.prior_layers": 0,
+    "world_model.replay_context": 0,
 }
 
 
@@ -190,6 +193,10 @@ def validate(config: AttrDict) -> None:
         raise ConfigError(
             "train.replay_capacity / train.envs must hold a whole sequence of "
             f"world_model.batch_length {config.world_model.batch_length} steps per environment"
+        )
+    if config.world_model.replay_context > 1:
+        raise ConfigError(
+            f"world_model.replay_context must be 0 or 1, got {config.world_model.replay_context}"
         )
     if config.exploration not in EXPLORATIONS:
         raise ConfigError(f"exploration must be greedy or plan2explore, got {config.exploration!r}")

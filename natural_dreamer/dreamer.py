@@ -81,21 +81,33 @@ class Dreamer(nn.Module):
         """One gradient step of the world model, the actor and the critic (and under
         plan2explore of the ensemble and the exploration actor and critic).
 
-        batch: dict of (B, T, ...) arrays from ReplayBuffer.sample. Returns metrics as floats.
+        batch: dict of (B, T, ...) arrays from ReplayBuffer.sample (tensors are used as they
+        are). Returns metrics as floats; the posterior states of the batch are kept in
+        `last_posterior` ({"deter": (B, T, D), "stoch": (B, T, S, C)}, detached).
         """
         batch = self.batch_to_torch(batch)
+        replay_grad = self.behavior.replay_grad
         with self.autocast():
-            wm_loss, metrics, posterior = self.world_model.loss(batch)
-        metrics["world_model/grad_norm"] = self.update("world_model", wm_loss, self.world_model)
-
-        with self.autocast():
+            wm_loss, metrics, posterior = self.world_model.loss(batch, keep_graph=replay_grad)
             actor_loss, critic_loss, behavior_metrics = self.behavior.loss(
                 self.world_model, posterior, batch
             )
         metrics.update(behavior_metrics)
-        metrics["actor/grad_norm"] = self.update("actor", actor_loss, self.behavior.actor)
-        metrics["critic/grad_norm"] = self.update("critic", critic_loss, self.behavior.critic)
+        # One backward pass for the three losses, as the official agent takes one gradient of
+        # their sum: imagination starts from the posterior of the world model BEFORE this
+        # update, and the replay value loss reaches the world model (replay_value_grad).
+        # The actor's loss cannot reach the world model or the critic (imagination runs with
+        # them frozen), and the imagined critic loss sees detached features.
+        losses = {"world_model": wm_loss, "actor": actor_loss, "critic": critic_loss}
+        modules = {
+            "world_model": self.world_model,
+            "actor": self.behavior.actor,
+            "critic": self.behavior.critic,
+        }
+        metrics.update(self.update(losses, modules))
         self.behavior.update_slow_critic()
+        posterior = {key: value.detach() for key, value in posterior.items()}
+        self.last_posterior = posterior  # (B, T, ...) states: the replay context writes them back
         if self.explorer is not None:
             metrics.update(self.train_explorer(posterior, batch))
         values = torch.stack([value.detach().float() for value in metrics.values()]).tolist()
@@ -107,38 +119,46 @@ class Dreamer(nn.Module):
         explorer = self.explorer
         with self.autocast():
             loss, metrics = explorer.ensemble_loss(posterior, batch)
-        metrics["explore/ensemble_grad_norm"] = self.update(
-            "explore_ensemble", loss, explorer.ensemble
-        )
+        norms = self.update({"explore_ensemble": loss}, {"explore_ensemble": explorer.ensemble})
+        metrics["explore/ensemble_grad_norm"] = norms["explore_ensemble/grad_norm"]
         with self.autocast():
             actor_loss, critic_loss, behavior_metrics = explorer.behavior_loss(
                 self.world_model, posterior, batch
             )
         metrics.update(behavior_metrics)
         behavior = explorer.behavior
-        metrics["explore/actor/grad_norm"] = self.update(
-            "explore_actor", actor_loss, behavior.actor
+        norms = self.update(
+            {"explore_actor": actor_loss, "explore_critic": critic_loss},
+            {"explore_actor": behavior.actor, "explore_critic": behavior.critic},
         )
-        metrics["explore/critic/grad_norm"] = self.update(
-            "explore_critic", critic_loss, behavior.critic
-        )
+        metrics["explore/actor/grad_norm"] = norms["explore_actor/grad_norm"]
+        metrics["explore/critic/grad_norm"] = norms["explore_critic/grad_norm"]
         behavior.update_slow_critic()
         return metrics
 
-    def update(self, name: str, loss: torch.Tensor, module: nn.Module) -> torch.Tensor:
-        """Backpropagate `loss` into `module` alone and step its optimiser."""
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the {name} loss became {loss.item()}")
-        optimizer = self.optimizers[name]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # Data-parallel runs: every rank steps with the mean gradient (distributed.py).
-        average_gradients(module.parameters())
-        norm = clip_gradients(module.parameters(), self.config)
-        if not torch.isfinite(norm):  # stop before a bad step reaches the parameters
-            raise FloatingPointError(f"the {name} gradient norm became {norm.item()}")
-        optimizer.step()
-        return norm
+    def update(self, losses: dict, modules: dict) -> dict:
+        """Backpropagate the sum of `losses` {name: scalar} once, then step each module's
+        optimiser with its own clipped gradient. Returns {"<name>/grad_norm": norm}.
+
+        Every loss must reach only its own module's parameters (the callers make sure).
+        """
+        for name, loss in losses.items():
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the {name} loss became {loss.item()}")
+        for name in losses:
+            self.optimizers[name].zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        norms = {}
+        for name, module in modules.items():
+            # Data-parallel runs: every rank steps with the mean gradient (distributed.py).
+            average_gradients(module.parameters())
+            norm = clip_gradients(module.parameters(), self.config)
+            if not torch.isfinite(norm):  # stop before a bad step reaches the parameters
+                raise FloatingPointError(f"the {name} gradient norm became {norm.item()}")
+            norms[f"{name}/grad_norm"] = norm
+        for name in modules:
+            self.optimizers[name].step()
+        return norms
 
     def initial_state(self, batch: int = 1) -> dict:
         """The acting state: the RSSM state and the previous action, all zero."""

@@ -506,8 +506,9 @@ def make_env(env_config: Mapping, seed: int) -> Env:
         (environment steps before action repeat; default 108000 for atari, 10000 for
         crafter, 1000 otherwise), and for dmc "camera" (default 2 for quadruped, else 0) and
         "fast_render" (default True: no multisampling, shadows or reflections, about 10x
-        cheaper frames). Atari runs with sticky actions 0.25, up to 30 noops at reset and the
-        minimal action set; AtariEnv's arguments change those.
+        cheaper frames), and for atari "sticky" (default 0.0, the Atari100k protocol: the
+        probability of repeating the previous action on each frame). Atari runs with up to 30
+        noops at reset and the minimal action set; AtariEnv's arguments change those.
       seed: seeds the task's randomness (dmc, crafter) or the first reset (gym, atari).
 
     Returns:
@@ -541,6 +542,7 @@ def make_env(env_config: Mapping, seed: int) -> Env:
             action_repeat=int(env_config.get("action_repeat", 4)),
             time_limit=int(env_config.get("time_limit", 108_000)),
             seed=seed,
+            sticky=float(env_config.get("sticky", 0.0)),
         )
     if suite == "crafter":
         from natural_dreamer.worlds import CrafterEnv

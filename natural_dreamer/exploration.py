@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from natural_dreamer.behavior import Behavior, frozen, task_reward
-from natural_dreamer.networks import MLP
+from natural_dreamer.networks import MLP, init_weights
 from natural_dreamer.rssm import RSSM
 
 
@@ -43,7 +43,7 @@ class Ensemble(nn.Module):
     @staticmethod
     def member(in_dim: int, out_dim: int, sizes: dict) -> nn.Module:
         mlp = MLP(in_dim, sizes["units"], sizes["mlp_layers"])
-        return nn.Sequential(mlp, nn.Linear(mlp.out_dim, out_dim))
+        return init_weights(nn.Sequential(mlp, nn.Linear(mlp.out_dim, out_dim)))
 
     def forward(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """feat (..., F), action (..., A) -> every member's prediction (K, ..., S * C)."""

@@ -33,17 +33,22 @@ class BatchLoader:
     """Sample (batch_size, length) sequences from a ReplayBuffer onto `device`.
 
     ahead: prepare the next batch in a background thread while the current one trains.
+    context: steps read in front of each sequence (replay context, 0 or 1); their stored
+    states are read when the batch is handed out, after the previous update wrote its own.
     """
 
-    def __init__(self, buffer, batch_size: int, length: int, device, ahead: bool = False):
+    def __init__(
+        self, buffer, batch_size: int, length: int, device, ahead: bool = False, context: int = 0
+    ):
         self.buffer, self.batch_size, self.length = buffer, batch_size, length
+        self.context = context
         self.device, self.ahead = torch.device(device), ahead
         self.pool = ThreadPoolExecutor(max_workers=1) if ahead else None
         self.stream = (
             torch.cuda.Stream(self.device) if ahead and self.device.type == "cuda" else None
         )
         self.pending = None  # the next batch being prepared (a Future)
-        self.rng_before_pending = None  # the sampler's state before that batch was drawn
+        self.state_before_pending = None  # the sampler's state before that batch was drawn
 
     def next(self) -> dict:
         """The next batch: dict of (batch_size, length, ...) tensors on the device."""
@@ -52,15 +57,19 @@ class BatchLoader:
             for tensor in batch.values():  # used on the main stream, made on the side stream
                 tensor.record_stream(torch.cuda.current_stream(self.device))
         self.pending = None
+        if self.context:
+            rows = batch.pop("context_row").cpu().numpy()
+            batch.update(to_device(self.buffer.context_states(rows), self.device))
         if self.ahead:
-            self.rng_before_pending = self.buffer.rng.bit_generator.state
+            self.state_before_pending = self.buffer.sampler_state()
             self.pending = self.pool.submit(self.load)
         return batch
 
     def load(self) -> dict:
         stream = torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext()
         with stream:
-            batch = to_device(self.buffer.sample(self.batch_size, self.length), self.device)
+            sample = self.buffer.sample(self.batch_size, self.length, self.context)
+            batch = to_device(sample, self.device)
         if self.stream is not None:
             self.stream.synchronize()  # this thread waits for the copy, not the main one
         return batch
@@ -75,7 +84,7 @@ class BatchLoader:
         a checkpoint saves is the one a resumed run continues from exactly."""
         if self.pending:
             self.pending.result()
-            self.buffer.rng.bit_generator.state = self.rng_before_pending
+            self.buffer.set_sampler_state(self.state_before_pending)
             self.pending = None
 
     def close(self) -> None:

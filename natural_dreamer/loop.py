@@ -64,8 +64,9 @@ from natural_dreamer.video import side_by_side, write_video
 # The folders under the output root (--outdir) that a run writes into, and nothing else.
 OUTPUT_FOLDERS = ("metrics", "plots", "checkpoints", "videos")
 
-# Keys that may differ between a checkpoint's config and a resumed run's.
-RESUMABLE_CHANGES = {"train.steps", "device", "logger"}
+# Keys that may differ between a checkpoint's config and a resumed run's: the budget, where
+# metrics go, and how the machine computes (a run may move between hosts and devices).
+RESUMABLE_CHANGES = {"train.steps", "device", "logger", "compile", "precision"}
 
 
 class StopRequest(Exception):  # noqa: N818 (a signal, not an error)
@@ -124,8 +125,16 @@ class Trainer:
         count, wm = self.config.train.envs, self.config.world_model
         self.envs = make_vector_env(self.config.env, self.seed, count)
         capacity = self.config.train.replay_capacity  # pages are only touched as steps arrive
+        self.context = wm.replay_context
+        rssm = self.agent.world_model.rssm
         self.buffer = ReplayBuffer(
-            capacity, env.obs_space, env.action_size, self.seed, streams=count
+            capacity,
+            env.obs_space,
+            env.action_size,
+            self.seed,
+            streams=count,
+            latent=(rssm.deter_dim, rssm.stoch, rssm.classes) if self.context else None,
+            online=self.config.train.online_queue,
         )
         self.collector = VectorCollector(self.envs, self.buffer, seed=self.seed)
         self.random_policy = RandomPolicy(env.action_size, env.discrete, self.seed)
@@ -138,6 +147,7 @@ class Trainer:
             wm.batch_length,
             self.device,
             ahead=self.device.type == "cuda",
+            context=self.context,
         )
 
     def path(self, folder: str, name: str) -> Path:
@@ -221,8 +231,10 @@ class Trainer:
             self.count_achievements(episode.get("achievements"))
         if finished:
             bar.set_postfix(ret=f"{np.mean(self.returns):.1f}", grad=self.gradient_steps)
-        # Once every stream holds a sequence (one row per environment per step, at least).
-        if training and self.policy_steps >= self.config.world_model.batch_length * new_steps:
+        # Once every stream holds a sequence and its context step (one row per environment
+        # per step, at least).
+        span = self.config.world_model.batch_length + self.context
+        if training and self.policy_steps >= span * new_steps:
             self.train_policy_steps += new_steps
             owed = self.train_policy_steps * self.updates_per_policy_step
             while self.gradient_steps < int(owed):
@@ -258,6 +270,14 @@ class Trainer:
             raise FloatingPointError(f"{error} at gradient step {self.gradient_steps}") from None
         finally:
             self.loader.wait()  # no sampling may run while the collector writes
+        if self.context:  # the fresh posterior states, for the sequences that start there
+            index = batch["index"].cpu().numpy()
+            posterior = self.agent.last_posterior
+            self.buffer.write_latents(
+                index,
+                posterior["deter"].float().cpu().numpy(),
+                posterior["stoch"].float().cpu().numpy(),
+            )
         # Statistics that are not trained (the return normaliser's) follow rank 0's.
         distributed.broadcast_module(self.agent, buffers_only=True)
         for key, value in metrics.items():
@@ -420,7 +440,14 @@ class Trainer:
             )
         state = load_checkpoint(path)
         self.check_config(state.get("config", {}), path)
-        self.agent.load_state_dict(state["agent"])
+        try:
+            self.agent.load_state_dict(state["agent"])
+        except (RuntimeError, KeyError) as error:  # same config, other layers: an older version
+            first = str(error).strip().splitlines()[0][:160]
+            raise CheckpointError(
+                f"{path.name} holds networks of another layout (made by an older version of "
+                f"natural_dreamer?): {first}"
+            ) from None
         for name, opt in self.agent.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         self.buffer.load_state_dict(torch_to_numpy(state["buffer"]))

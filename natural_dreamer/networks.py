@@ -57,11 +57,82 @@ def model_sizes(preset: str) -> dict:
     raise ValueError(f"unknown model preset '{preset}'; choose one of: {names}")
 
 
+def fan_in(module: nn.Module) -> int:
+    """How many inputs each output of a layer sums, as the official initialiser counts them:
+    in_features for Linear, in_channels * kernel area for convolutions (transposed ones
+    included), and blocks * inputs per block for a BlockLinear."""
+    weight = module.weight
+    if isinstance(module, nn.Linear):
+        return weight.shape[1]
+    if isinstance(module, nn.ConvTranspose2d):  # weight (in, out, kh, kw)
+        return weight.shape[0] * weight.shape[2] * weight.shape[3]
+    if isinstance(module, nn.Conv2d):  # weight (out, in, kh, kw)
+        return weight[0].numel()
+    return weight.shape[0] * weight.shape[1]  # BlockLinear: weight (blocks, in, out)
+
+
+def init_weights(module: nn.Module) -> nn.Module:
+    """The official DreamerV3 initialisation of every layer inside `module`: weights from a
+    normal truncated at 2 standard deviations, rescaled to std 1 / sqrt(fan_in); biases zero.
+
+    PyTorch's default (uniform, with non-zero biases) gives a smaller spread and random
+    offsets. Output layers that must start elsewhere (zero heads, the actor's 0.01) are
+    rescaled afterwards by their owners with `scale_output`. Returns `module`.
+    """
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, BlockLinear)):
+            with torch.no_grad():
+                # A truncated standard normal on [-2, 2] has std 0.8796; 1.1368 makes it 1.
+                nn.init.trunc_normal_(layer.weight, 0.0, 1.0, -2.0, 2.0)
+                layer.weight.mul_(1.1368 / fan_in(layer) ** 0.5)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+    return module
+
+
+def scale_output(layer: nn.Module, scale: float) -> None:
+    """Multiply a layer's initial weights by `scale` (0 gives a head that predicts exactly 0
+    at first; the official actor uses 0.01, so the first policy is close to uniform)."""
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
+class BlockLinear(nn.Module):
+    """G blocks of a linear layer, each with its own weight, that may share part of their input.
+
+    Block g maps concat(own[:, g], shared) to out[:, g]: own (N, G, I_own), shared
+    (N, I_shared) or None -> (N, G, out). The shared part goes through one matrix product for
+    all blocks at once, which gives the same result as copying it into every block but costs
+    no copies and runs as one large (fast) product instead of G small ones.
+    """
+
+    def __init__(self, blocks: int, own_dim: int, shared_dim: int, out_dim: int):
+        super().__init__()
+        self.own_dim = own_dim
+        self.weight = nn.Parameter(torch.empty(blocks, own_dim + shared_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(blocks, out_dim))
+        init_weights(self)
+
+    def forward(self, own: torch.Tensor, shared: torch.Tensor | None = None) -> torch.Tensor:
+        weight = self.weight.to(own.dtype)
+        G, _, out = weight.shape
+        x = torch.einsum("ngi,gio->ngo", own, weight[:, : self.own_dim])  # (N, G, out)
+        if shared is not None:
+            shared_weight = weight[:, self.own_dim :].transpose(0, 1).reshape(-1, G * out)
+            x = x + (shared.to(own.dtype) @ shared_weight).reshape(-1, G, out)
+        return x + self.bias.to(own.dtype)
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * scale over the last dims, computed in float32 whatever the autocast
-    precision (bfloat16 sums of squares lose too much), returned in the input's dtype."""
+    precision (bfloat16 sums of squares lose too much), returned in the input's dtype.
 
-    def __init__(self, shape, eps: float = 1e-6):
+    eps 1e-4 is the official value: it keeps the division tame for near-zero inputs (the
+    all-zero state an episode starts from)."""
+
+    def __init__(self, shape, eps: float = 1e-4):
         super().__init__()
         self.scale = nn.Parameter(torch.ones(shape))
         self.dims = tuple(range(-len(self.scale.shape), 0))
@@ -118,6 +189,8 @@ class ImageDecoder(nn.Module):
         self.side = image_size // 2 ** len(mults)
         self.channels = depth * mults[-1]
         self.linear = nn.Linear(feat_dim, self.channels * self.side**2)
+        # The first map is normalised and activated like every other layer (official).
+        self.linear_norm = RMSNorm(self.channels)  # over the channels of an (N, h, w, C) map
         layers, channels = [], self.channels
         for mult in reversed(mults[:-1]):
             layers += [nn.ConvTranspose2d(channels, depth * mult, 4, 2, 1)]
@@ -131,6 +204,7 @@ class ImageDecoder(nn.Module):
         # Channels-last maps ((N, h, w, C) in memory) run the convolutions faster on a CPU and
         # make ChannelNorm's permutes free; the encoder gets them from the NHWC images.
         x = self.linear(feat).reshape(-1, self.side, self.side, self.channels)  # (N, h, w, C)
+        x = nn.functional.silu(self.linear_norm(x))
         x = self.net(x.permute(0, 3, 1, 2))  # (N, 3, H, W), channels-last in memory
         return x.permute(0, 2, 3, 1).reshape(*batch_shape, *x.shape[2:], 3)  # (..., H, W, 3)
 
@@ -220,8 +294,8 @@ class TwoHotHead(nn.Module):
         super().__init__()
         self.mlp = MLP(in_dim, units, layers)
         self.out = nn.Linear(self.mlp.out_dim, bins)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        init_weights(self)
+        scale_output(self.out, 0.0)
 
     def forward(self, x: torch.Tensor) -> TwoHotDist:
         return TwoHotDist(self.out(self.mlp(x)))

@@ -8,48 +8,34 @@ full_state = concat(h_t, flatten(z_t)) feeds every head.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from natural_dreamer.distributions import sample_one_hot, unimix
-from natural_dreamer.networks import RMSNorm
+from natural_dreamer.networks import MLP, BlockLinear, RMSNorm, init_weights
 
-
-class BlockLinear(nn.Module):
-    """G blocks of a linear layer that share part of their input.
-
-    Block g maps concat(own[:, g], shared) to out[:, g] with its own weight; own (N, G, I_own),
-    shared (N, I_shared) -> (N, G, out). The shared part goes through one matrix product for
-    all blocks at once, which gives the same result as copying it into every block but costs
-    no copies and runs as one large (fast) product instead of G small ones.
-    """
-
-    def __init__(self, blocks: int, own_dim: int, shared_dim: int, out_dim: int):
-        super().__init__()
-        self.own_dim = own_dim
-        in_dim = own_dim + shared_dim
-        self.weight = nn.Parameter(torch.empty(blocks, in_dim, out_dim))
-        self.bias = nn.Parameter(torch.zeros(blocks, out_dim))
-        nn.init.uniform_(self.weight, -(in_dim**-0.5), in_dim**-0.5)
-
-    def forward(self, own: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.to(own.dtype)
-        G, _, out = weight.shape
-        own_part = torch.einsum("ngi,gio->ngo", own, weight[:, : self.own_dim])
-        shared_weight = weight[:, self.own_dim :].transpose(0, 1).reshape(-1, G * out)
-        shared_part = (shared.to(own.dtype) @ shared_weight).reshape(-1, G, out)
-        return own_part + shared_part + self.bias.to(own.dtype)
+__all__ = ["RSSM", "BlockLinear", "LatentNet", "RecurrentCell"]
 
 
 class RecurrentCell(nn.Module):
-    """Normalised GRU with G blocks: h_t = f(h_{t-1}, z_{t-1}, a_{t-1}).
+    """Block GRU: h_t = f(h_{t-1}, z_{t-1}, a_{t-1}), laid out as the official `_core`.
 
-    The previous latent and action are embedded once and given to every block; each block
-    sees only its own slice of h, which keeps a wide state cheap (v2 paper). Gate
-    pre-activations are RMS-normalised, and the update gate has a bias of -1 so the state
-    starts out mostly remembering itself.
+    h, z and a are each embedded (Linear -> RMSNorm -> SiLU) and the three embeddings are
+    given to every block beside that block's own slice of h; each block sees only its slice,
+    which keeps a wide state cheap (v2 paper). Then `layers` hidden BlockLinear(D) -> RMSNorm
+    -> SiLU, and a BlockLinear to the 3 x D gate pre-activations, which are NOT normalised.
+    The update gate has a bias of -1, so the state starts out mostly remembering itself.
     """
 
-    def __init__(self, deter: int, stoch_dim: int, action_size: int, hidden: int, blocks: int):
+    def __init__(
+        self,
+        deter: int,
+        stoch_dim: int,
+        action_size: int,
+        hidden: int,
+        blocks: int,
+        layers: int = 1,
+    ):
         super().__init__()
         if deter % blocks:
             raise ValueError(f"deter {deter} must be divisible by blocks {blocks}")
@@ -61,18 +47,29 @@ class RecurrentCell(nn.Module):
         self.embed_deter, self.embed_stoch = embed(deter), embed(stoch_dim)
         self.embed_action = embed(action_size)
         block_dim = deter // blocks
-        self.gates = BlockLinear(blocks, block_dim, 3 * hidden, 3 * block_dim)
-        self.norm = RMSNorm((blocks, 3 * block_dim))
+        # The embeddings enter the first block layer (a hidden one, or the gates without any).
+        self.hidden = nn.ModuleList(
+            BlockLinear(blocks, block_dim, 3 * hidden if i == 0 else 0, block_dim)
+            for i in range(layers)
+        )
+        self.hidden_norms = nn.ModuleList(RMSNorm(deter) for _ in range(layers))
+        self.gates = BlockLinear(blocks, block_dim, 0 if layers else 3 * hidden, 3 * block_dim)
+        init_weights(self)
 
     def forward(self, deter: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor):
         """deter (N, D), stoch (N, S * C), action (N, A) -> next deter (N, D)."""
         N, G = deter.shape[0], self.blocks
         # Bounded actions keep one large input from dominating the embedding.
         action = action / action.abs().clamp(min=1.0).detach()
-        inputs = torch.cat(
+        shared = torch.cat(
             [self.embed_deter(deter), self.embed_stoch(stoch), self.embed_action(action)], -1
         )  # (N, 3 * hidden)
-        x = self.norm(self.gates(deter.reshape(N, G, -1), inputs))  # (N, G, 3 * D / G)
+        x = deter.reshape(N, G, -1)  # (N, G, D / G): each block's own slice of h
+        for layer, norm in zip(self.hidden, self.hidden_norms, strict=True):
+            x = layer(x, shared).reshape(N, -1)  # (N, D)
+            x = F.silu(norm(x)).reshape(N, G, -1)  # the norm spans all D units, as official
+            shared = None  # only the first layer takes the embeddings
+        x = self.gates(x, shared)  # (N, G, 3 * D / G), no norm on the gates
         reset, candidate, update = x.chunk(3, -1)  # each (N, G, D / G)
         reset = torch.sigmoid(reset)
         candidate = torch.tanh(reset * candidate)
@@ -84,18 +81,19 @@ class RecurrentCell(nn.Module):
 class LatentNet(nn.Module):
     """Maps an input to the logits of `stoch` categoricals of `classes` classes, with unimix.
 
-    One class, two instances: the prior sees h_t, the posterior sees (h_t, embedding of x_t).
+    One class, two instances: the prior sees h_t through `layers` hidden layers (2 official),
+    the posterior sees (h_t, embedding of x_t) through 1.
     """
 
-    def __init__(self, in_dim: int, hidden: int, stoch: int, classes: int, mix: float):
+    def __init__(
+        self, in_dim: int, hidden: int, stoch: int, classes: int, mix: float, layers: int = 1
+    ):
         super().__init__()
         self.stoch, self.classes, self.mix = stoch, classes, mix
         self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden),
-            RMSNorm(hidden),
-            nn.SiLU(),
-            nn.Linear(hidden, stoch * classes),
+            MLP(in_dim, hidden, layers), nn.Linear(hidden if layers else in_dim, stoch * classes)
         )
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.net(x).reshape(*x.shape[:-1], self.stoch, self.classes)  # (..., S, C)
@@ -105,17 +103,26 @@ class LatentNet(nn.Module):
 class RSSM(nn.Module):
     """Recurrent state-space model. States are dicts {"deter": (..., D), "stoch": (..., S, C)}."""
 
-    def __init__(self, embed_dim: int, action_size: int, sizes: dict, stoch: int, mix: float):
+    def __init__(
+        self,
+        embed_dim: int,
+        action_size: int,
+        sizes: dict,
+        stoch: int,
+        mix: float,
+        dyn_layers: int = 1,
+        prior_layers: int = 2,
+    ):
         super().__init__()
         self.deter_dim, self.stoch, self.classes = sizes["deter"], stoch, sizes["classes"]
         self.action_size = action_size
         stoch_dim = stoch * sizes["classes"]
-        hidden = sizes["hidden"]
-        self.cell = RecurrentCell(self.deter_dim, stoch_dim, action_size, hidden, sizes["blocks"])
-        self.prior_net = LatentNet(self.deter_dim, hidden, stoch, sizes["classes"], mix)
-        self.posterior_net = LatentNet(
-            self.deter_dim + embed_dim, hidden, stoch, sizes["classes"], mix
+        hidden, classes = sizes["hidden"], sizes["classes"]
+        self.cell = RecurrentCell(
+            self.deter_dim, stoch_dim, action_size, hidden, sizes["blocks"], dyn_layers
         )
+        self.prior_net = LatentNet(self.deter_dim, hidden, stoch, classes, mix, prior_layers)
+        self.posterior_net = LatentNet(self.deter_dim + embed_dim, hidden, stoch, classes, mix)
         self.feat_dim = self.deter_dim + stoch_dim
 
     def initial(self, batch: int, device) -> dict:
@@ -146,17 +153,20 @@ class RSSM(nn.Module):
         logits = self.posterior_net(torch.cat([deter, embed], -1))  # (B, S, C)
         return {"deter": deter, "stoch": sample_one_hot(logits)}, logits
 
-    def observe(self, embed, actions, is_first, state=None):
+    def observe(self, embed, actions, is_first, state=None, first_action=None):
         """Filter a batch of sequences (the paper's encoder / representation model).
 
         embed (B, T, E); actions (B, T, A) where actions[:, t] was taken at step t, so step t
-        is driven by actions[:, t - 1] (zero before the first); is_first (B, T) bool.
+        is driven by actions[:, t - 1]; is_first (B, T) bool. state: the state before the
+        first step (zeros when None) and first_action (B, A) the action taken there (zeros
+        when None): a replay context.
         Returns (states {"deter": (B, T, D), "stoch": (B, T, S, C)}, posterior logits
         (B, T, S, C), prior logits (B, T, S, C)).
         """
         B, T = embed.shape[:2]
         state = state or self.initial(B, embed.device)
-        prev_actions = torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], 1)
+        first = torch.zeros_like(actions[:, 0]) if first_action is None else first_action
+        prev_actions = torch.cat([first[:, None].to(actions.dtype), actions[:, :-1]], 1)
         deters, stochs, post_logits = [], [], []
         for t in range(T):
             state, logits = self.observe_step(

@@ -19,7 +19,9 @@ from natural_dreamer.networks import (
     MultiEncoder,
     TwoHotHead,
     check_image_size,
+    init_weights,
     model_sizes,
+    scale_output,
 )
 from natural_dreamer.rssm import RSSM
 
@@ -48,7 +50,15 @@ class WorldModel(nn.Module):
         if "image" in obs_space:
             check_image_size(obs_space["image"][0][0], sizes["cnn_mults"])
         self.encoder = MultiEncoder(obs_space, sizes)
-        self.rssm = RSSM(self.encoder.out_dim, action_size, sizes, model.stoch, model.unimix)
+        self.rssm = RSSM(
+            self.encoder.out_dim,
+            action_size,
+            sizes,
+            model.stoch,
+            model.unimix,
+            dyn_layers=model.dyn_layers,
+            prior_layers=model.prior_layers,
+        )
         feat = self.rssm.feat_dim
         self.decoder = MultiDecoder(feat, obs_space, sizes)
         self.reward_head = TwoHotHead(feat, sizes["units"], sizes["head_layers"], model.bins)
@@ -56,19 +66,24 @@ class WorldModel(nn.Module):
         self.obs_keys = list(obs_space)
         self.kl_dyn, self.kl_rep, self.free_nats = wm.kl_dyn, wm.kl_rep, wm.free_nats
         self.loss_scales = dict(wm.loss_scales)
+        init_weights(self)  # the official initialisation of every layer ...
+        scale_output(self.reward_head.out, 0.0)  # ... but the reward head starts at exactly 0
 
-    def loss(self, batch: dict):
+    def loss(self, batch: dict, keep_graph: bool = False):
         """world_model_training on one batch of (B, T) sequences.
 
         batch holds the observation keys, "action" (B, T, A), "reward" (B, T), "is_first" and
         "is_terminal" (B, T). Step t pairs x_t with the reward r_t that arrived with it, so the
         state built from x_t predicts r_t (pitfall 1).
-        Returns (scalar loss, metrics dict of 0-d tensors, posterior states detached).
+        Returns (scalar loss, metrics dict of 0-d tensors, posterior states): the states are
+        detached unless keep_graph, which lets a later loss on them (the replay value loss)
+        train the world model too.
         """
         obs = {key: batch[key] for key in self.obs_keys}
         embed = self.encoder(obs)  # (B, T, E)
+        state, first_action = self.context(batch)
         states, post_logits, prior_logits = self.rssm.observe(
-            embed, batch["action"], batch["is_first"]
+            embed, batch["action"], batch["is_first"], state, first_action
         )
         feat = self.rssm.full_state(states)  # (B, T, F)
         losses = self.decoder.loss(feat, obs)  # each (B, T)
@@ -88,8 +103,23 @@ class WorldModel(nn.Module):
         metrics["world_model/dyn_loss"] = dyn.mean()
         metrics["world_model/rep_loss"] = rep.mean()
         metrics["world_model/loss"] = total
-        states = {key: value.detach() for key, value in states.items()}
+        if not keep_graph:
+            states = {key: value.detach() for key, value in states.items()}
         return total, metrics, states
+
+    @staticmethod
+    def context(batch: dict):
+        """The replay context of a batch (ReplayBuffer.sample with context=1): the stored
+        state before each sequence and the action taken there, both zero where no state is
+        stored yet. (None, None) for a batch without one: sequences start from zeros."""
+        if "context_deter" not in batch:
+            return None, None
+        valid = batch["context_valid"].float()  # (B,)
+        state = {
+            "deter": batch["context_deter"] * valid[:, None],
+            "stoch": batch["context_stoch"] * valid[:, None, None],
+        }
+        return state, batch["context_action"] * valid[:, None]
 
     @torch.no_grad()
     def dream(self, obs: dict, actions: torch.Tensor, context: int = 5) -> torch.Tensor:
