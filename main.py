@@ -93,10 +93,13 @@ def train(config, resume, root: Path) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if trainer.main:
+        agent = trainer.agent
         print(
             f"{trainer.run}: {config.env.suite} {config.env.task} ({config.env.obs}), "
-            f"preset {config.model.preset}, device {trainer.device}, precision "
-            f"{config.precision}, {config.train.envs} env(s) x {trainer.world} process(es)",
+            f"preset {config.model.preset}, device {trainer.device}, "
+            f"precision {agent.precision} ({agent.precision_reason}), "
+            f"compile {'on' if agent.compiled else 'off'} ({agent.compile_reason}), "
+            f"{config.train.envs} env(s) x {trainer.world} process(es)",
             file=sys.stderr,
         )
     try:

@@ -75,9 +75,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def check_type(key: str, value, default):
-    """Return value if it fits the default's type (ints may stand for floats), else raise."""
-    if default is None or value is None:
+    """Return value if it fits the default's type (ints may stand for floats), else raise.
+    (The schema in defaults.yml decides the rest; keys whose values mix types, like compile's
+    auto/true/false, are left to it.)"""
+    if key in MIXED_TYPES:
         return value
+    if value is None:
+        raise ConfigError(f"{key} needs a value (like {default!r}), got none")
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, type(default)):
@@ -86,6 +90,81 @@ def check_type(key: str, value, default):
             f"got {type(value).__name__} {value!r}"
         )
     return value
+
+
+# Keys whose valid values are of several types ("auto", true or false).
+MIXED_TYPES = {"compile"}
+
+# A key's schema: the {braces} opening its comment in defaults.yml.
+SCHEMA_LINE = re.compile(r"^(\s*)([A-Za-z_]\w*):\s*([^#\s][^#]*?)?\s*(?:#\s*(?:\{([^}]*)\})?.*)?$")
+NUMBER_SPEC = re.compile(r"^(int|float) (?:(>=|>) (\S+)|in ([\[(])(\S+), (\S+?)([\])]))$")
+
+
+def read_schema(path: Path) -> dict:
+    """{dotted key: spec} from the {braces} of defaults.yml; a leaf key without one is a
+    ConfigError naming it (so a key added later without its valid values fails at once)."""
+    schema, parents = {}, []  # parents: (indent, name) of the enclosing sections
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        match = SCHEMA_LINE.match(line)
+        if not match or not line.strip() or line.lstrip().startswith("#"):
+            continue
+        indent, name, value, spec = len(match[1]), match[2], match[3], match[4]
+        while parents and parents[-1][0] >= indent:
+            parents.pop()
+        key = ".".join([*(p for _, p in parents), name])
+        if not value:  # a section: its keys follow, indented
+            parents.append((indent, name))
+        elif spec is None:
+            raise ConfigError(f"{path.name}:{number}: key '{key}' declares no {{valid values}}")
+        else:
+            schema[key] = spec.strip()
+    return schema
+
+
+def describe(spec: str) -> str:
+    """A spec in words for messages: "int >= 1" -> "an int >= 1"."""
+    if spec.startswith("one of "):
+        return spec.replace(" | ", ", ")
+    return {"name": "a name of letters, digits, '.', '_' or '-'", "text": "non-empty text"}.get(
+        spec, f"{'an' if spec.startswith('int') else 'a'} {spec}"
+    )
+
+
+def check_value(key: str, value, spec: str) -> None:
+    """Raise ConfigError unless value satisfies spec (see defaults.yml's header)."""
+    problem = f"{key} must be {describe(spec)}, got {value!r}"
+    number = NUMBER_SPEC.match(spec)
+    if number:
+        kind, op, bound, open_, low, high, close = number.groups()
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if not numeric or (kind == "int" and not isinstance(value, int)) or value != value:
+            raise ConfigError(problem)  # (value != value: NaN)
+        if op:
+            ok = value >= float(bound) if op == ">=" else value > float(bound)
+        else:
+            above = value >= float(low) if open_ == "[" else value > float(low)
+            below = value <= float(high) if close == "]" else value < float(high)
+            ok = above and below
+        if not ok or value in (float("inf"), float("-inf")):
+            raise ConfigError(problem)
+    elif spec == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(problem)
+    elif spec.startswith("one of "):
+        choices = spec[len("one of ") :].split(" | ")
+        text = str(value).lower() if isinstance(value, bool) else value
+        if not isinstance(value, str | bool) or text not in choices:
+            raise ConfigError(problem)
+    elif spec == "name":
+        check_name(key, value)
+    elif spec == "text":
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(problem)
+    elif spec == "device":
+        if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ConfigError(f"{key} must be auto, cpu, cuda or cuda:N, got {value!r}")
+    else:
+        raise ConfigError(f"{key} declares an unknown kind of values {{{spec}}} in defaults.yml")
 
 
 def set_key(tree: dict, key: str, value, defaults: dict, source: str) -> None:
@@ -126,29 +205,6 @@ def load_config(name: str, overrides=None) -> AttrDict:
     return config
 
 
-# (dotted key, smallest allowed value) for every key that must be a positive size or count.
-LOWER_BOUNDS = {
-    "world_model.batch_size": 1,
-    "world_model.batch_length": 2,
-    "behavior.horizon": 1,
-    "behavior.discount_horizon": 1,
-    "model.stoch": 1,
-    "model.bins": 3,
-    "env.image_size": 16,
-    "env.action_repeat": 1,
-    "env.time_limit": 1,
-    "train.envs": 1,
-    "train.steps": 1,
-    "train.replay_capacity": 2,
-    "train.log_every": 1,
-    "train.checkpoint_every": 1,
-    "explore.ensemble": 2,  # a variance needs two members
-    "model.dyn_layers": 0,
-    "model.prior_layers": 0,
-    "world_model.replay_context": 0,
-}
-
-
 # A run name (and a --resume suffix) becomes part of file names in the output folders, so it
 # is one path component of safe characters: no separator, no "..", nothing hidden.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -165,45 +221,25 @@ def check_name(kind: str, name) -> str:
     return name
 
 
-# The metric writers `logger` may name, comma-separated.
-LOGGERS = ("csv", "tensorboard")
-# Who collects the training data (`exploration`).
-EXPLORATIONS = ("greedy", "plan2explore")
-
-
 def validate(config: AttrDict) -> None:
     """Refuse values no run can use, with the reason in the message."""
     flat = flatten(config.to_dict())
-    check_name("run_name", config.run_name)
-    for key, low in LOWER_BOUNDS.items():
-        if flat[key] < low:
-            raise ConfigError(f"{key} must be at least {low}, got {flat[key]}")
-    if config.train.train_ratio <= 0:
-        raise ConfigError(f"train.train_ratio must be positive, got {config.train.train_ratio}")
+    for key, spec in read_schema(CONFIG_DIR / "defaults.yml").items():
+        check_value(key, flat[key], spec)
+    # What no single key's range can say: how keys go together.
     if config.env.image_size % 16:
         raise ConfigError(f"env.image_size must be a multiple of 16, got {config.env.image_size}")
     if config.model.bins % 2 == 0:
         raise ConfigError(f"model.bins must be odd (a bin sits at 0), got {config.model.bins}")
-    if not 0 <= config.behavior.lambda_ <= 1:
-        raise ConfigError(f"behavior.lambda_ must lie in [0, 1], got {config.behavior.lambda_}")
-    for key in ("train.prefill", "train.eval_episodes"):
-        if flat[key] < 0:
-            raise ConfigError(f"{key} must not be negative, got {flat[key]}")
+    if config.behavior.action_min_std > config.behavior.action_max_std:
+        raise ConfigError(
+            f"behavior.action_min_std {config.behavior.action_min_std} must not exceed "
+            f"behavior.action_max_std {config.behavior.action_max_std}"
+        )
     if config.train.replay_capacity // config.train.envs < config.world_model.batch_length:
         raise ConfigError(
             "train.replay_capacity / train.envs must hold a whole sequence of "
             f"world_model.batch_length {config.world_model.batch_length} steps per environment"
-        )
-    if config.world_model.replay_context > 1:
-        raise ConfigError(
-            f"world_model.replay_context must be 0 or 1, got {config.world_model.replay_context}"
-        )
-    if config.exploration not in EXPLORATIONS:
-        raise ConfigError(f"exploration must be greedy or plan2explore, got {config.exploration!r}")
-    loggers = config.logger.split(",")
-    if not loggers or not set(loggers) <= set(LOGGERS) or len(set(loggers)) < len(loggers):
-        raise ConfigError(
-            f"logger must be csv, tensorboard or csv,tensorboard, got {config.logger!r}"
         )
 
 

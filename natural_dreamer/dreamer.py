@@ -14,6 +14,7 @@ from torch import nn
 from natural_dreamer.behavior import Behavior
 from natural_dreamer.distributed import average_gradients
 from natural_dreamer.exploration import Plan2Explore
+from natural_dreamer.fastpath import choose_compile, choose_precision, planned_updates
 from natural_dreamer.networks import MLP, ImageDecoder, ImageEncoder, model_sizes
 from natural_dreamer.optim import clip_gradients, make_optimizer
 from natural_dreamer.rssm import LatentNet, RecurrentCell
@@ -46,7 +47,14 @@ class Dreamer(nn.Module):
         # Built last and only when asked for, so a greedy agent is the same as before.
         self.explorer = self.build_explorer(sizes) if config.exploration == "plan2explore" else None
         self.to(self.device)
-        if config.compile:
+        # "auto" (the default) decides by this machine: see fastpath.py.
+        self.precision, self.precision_reason = choose_precision(
+            config.precision, self.device, sizes["units"]
+        )
+        self.compiled, self.compile_reason = choose_compile(
+            config.compile, self.device, planned_updates(config)
+        )
+        if self.compiled:
             compile_networks(self)
 
     def build_explorer(self, sizes: dict) -> Plan2Explore:
@@ -68,8 +76,8 @@ class Dreamer(nn.Module):
         return explorer
 
     def autocast(self):
-        """bf16 autocast for the training passes when config.precision is bf16."""
-        if self.config.precision == "bf16":
+        """bf16 autocast for the training passes when the precision is bf16."""
+        if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

@@ -89,7 +89,7 @@ class LatentNet(nn.Module):
         self, in_dim: int, hidden: int, stoch: int, classes: int, mix: float, layers: int = 1
     ):
         super().__init__()
-        self.stoch, self.classes, self.mix = stoch, classes, mix
+        self.stoch, self.classes, self.mix, self.in_dim = stoch, classes, mix, in_dim
         self.net = nn.Sequential(
             MLP(in_dim, hidden, layers), nn.Linear(hidden if layers else in_dim, stoch * classes)
         )

@@ -1,10 +1,11 @@
 """Configs: every file loads, overrides are checked by key and type, YAML is safe."""
 
+import numpy as np
 import pytest
 import yaml
 
 from natural_dreamer import AttrDict, ConfigError, load_config
-from natural_dreamer.config import available_configs, save_config
+from natural_dreamer.config import available_configs, flatten, save_config
 
 
 def test_every_config_loads():
@@ -70,3 +71,71 @@ def test_malformed_yaml_names_file_and_line(tmp_path, monkeypatch):
     monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path)
     with pytest.raises(ConfigError, match=r"bad.yml:\d"):
         load_config("bad")
+
+
+def just_outside(spec: str) -> list:
+    """Values just outside a key's declared valid values (see defaults.yml's header)."""
+    from natural_dreamer.config import NUMBER_SPEC
+
+    number = NUMBER_SPEC.match(spec)
+    if number:
+        kind, op, bound, open_, low, high, close = number.groups()
+        integer = kind == "int"
+
+        def below(x, inclusive):  # the nearest value that is out when x is the lower end
+            if not inclusive:
+                return int(x) if integer else float(x)
+            return int(x) - 1 if integer else float(np.nextafter(float(x), -np.inf))
+
+        def above(x, inclusive):
+            if not inclusive:
+                return int(x) if integer else float(x)
+            return int(x) + 1 if integer else float(np.nextafter(float(x), np.inf))
+
+        values = (
+            [below(bound, op == ">=")]
+            if op
+            else [below(low, open_ == "["), above(high, close == "]")]
+        )
+        values += [1.5, "three"] if integer else [float("nan"), float("inf"), "three"]
+        return values
+    return {
+        "bool": [3, "maybe"],
+        "name": ["../up", "", "a/b"],
+        "text": [""],
+        "device": ["tpu", 3],
+    }.get(spec, ["no_such_choice", 3.5] if spec.startswith("one of ") else None)
+
+
+def test_every_key_declares_its_values_and_refuses_one_just_outside():
+    """Walks every key of defaults.yml: each must declare its valid values (a key added
+    without them fails here), and values just outside them stop with one line naming it."""
+    from natural_dreamer.config import CONFIG_DIR, read_schema
+
+    schema = read_schema(CONFIG_DIR / "defaults.yml")
+    flat_keys = set(flatten(yaml.safe_load((CONFIG_DIR / "defaults.yml").read_text())))
+    assert set(schema) == flat_keys
+    for key, spec in schema.items():
+        values = just_outside(spec)
+        assert values, f"{key}: no test values for {{{spec}}}"
+        for value in values:
+            with pytest.raises(ConfigError) as error:
+                load_config("smoke", [(key, value)])
+            message = str(error.value)
+            assert key in message and "\n" not in message, (key, value, message)
+
+
+def test_a_key_without_declared_values_is_refused(tmp_path, monkeypatch):
+    from natural_dreamer import config as config_module
+
+    (tmp_path / "defaults.yml").write_text("seed: 0   # {int >= 0} fine\nnew_key: 3   # no spec\n")
+    (tmp_path / "run.yml").write_text("seed: 1\n")
+    monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path)
+    with pytest.raises(ConfigError, match="new_key.*declares no"):
+        load_config("run")
+
+
+def test_values_at_the_ends_of_a_range_are_accepted():
+    config = load_config("smoke", {"model.unimix": 0.0, "behavior.lambda_": 1, "seed": 0})
+    assert config.model.unimix == 0.0 and config.behavior.lambda_ == 1.0
+    assert load_config("smoke", {"compile": "true"}).compile is True

@@ -161,14 +161,19 @@ def test_a_new_run_never_overwrites_another(smoke_run):
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("world_model.batch_length", "1", "batch_length must be at least 2"),
-        ("train.train_ratio", "0", "train_ratio must be positive"),
+        ("world_model.batch_length", "1", "batch_length must be an int >= 2"),
+        ("train.train_ratio", "0", "train_ratio must be a float > 0"),
         ("env.image_size", "40", "multiple of 16"),
-        ("world_model.batch_size", "-3", "batch_size must be at least 1"),
+        ("world_model.batch_size", "-3", "batch_size must be an int >= 1"),
         ("env.task", "Pendulum-v99", "Pendulum-v99"),
         ("world_model.batch_size", "eight", "batch_size must be int"),
         ("train.steps", "[1,2", "train.steps must be int"),
         ("env.suite", "mujoco", "dmc"),
+        ("precision", "fp16", "precision must be one of auto, bf16, fp32"),
+        ("optimizer.world_model_lr", "-1", "optimizer.world_model_lr must be a float > 0"),
+        ("optimizer.world_model_lr", ".nan", "optimizer.world_model_lr must be a float > 0"),
+        ("model.unimix", "2", "model.unimix must be a float in [0, 1)"),
+        ("compile", "maybe", "compile must be one of auto, true, false"),
     ],
 )
 def test_impossible_values_stop_with_one_line(tmp_path, key, value, message):

@@ -1,0 +1,82 @@
+"""The fast path: no reference kernels, precision and compile chosen by the machine, and no
+page faults from freed buffers."""
+
+import resource
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from natural_dreamer import Dreamer, fastpath, load_config
+from natural_dreamer.fastpath import choose_compile, choose_precision, planned_updates
+
+from conftest import IMAGE, random_batch
+
+CPU = torch.device("cpu")
+
+
+def test_a_small_image_agent_under_the_defaults_runs_no_reference_kernel():
+    """PyTorch falls back to slow_conv2d / slow_conv_transpose2d where oneDNN has no kernel
+    (bf16 on a CPU without native bf16): the defaults must never land there."""
+    config = load_config("smoke", {"world_model.batch_size": 2, "world_model.batch_length": 8})
+    agent = Dreamer(IMAGE, 3, False, config)
+    batch = random_batch(IMAGE, 3, False, B=2, T=8)
+    agent.train_step(batch)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        agent.train_step(batch)
+    names = {event.key for event in prof.key_averages()}
+    assert any("conv" in name for name in names)  # the convolutions were seen
+    slow = sorted(name for name in names if "slow" in name or "reference" in name)
+    assert not slow, f"reference kernels on the hot path (precision {agent.precision}): {slow}"
+
+
+def test_no_native_bf16_means_fp32_without_measuring(monkeypatch):
+    monkeypatch.setattr(fastpath, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(fastpath, "matmul_seconds", lambda *a, **k: pytest.fail("measured"))
+    precision, why = choose_precision("auto", CPU, 64)
+    assert precision == "fp32" and "no avx512_bf16" in why
+
+
+@pytest.mark.parametrize("bf16_seconds, expected", [(1.0, "fp32"), (0.5, "bf16")])
+def test_native_bf16_is_used_only_where_it_measures_faster(monkeypatch, bf16_seconds, expected):
+    monkeypatch.setattr(fastpath, "cpu_flags", lambda: {"amx_bf16", "avx512_bf16"})
+    seconds = {torch.float32: 1.0, torch.bfloat16: bf16_seconds}
+    monkeypatch.setattr(fastpath, "matmul_seconds", lambda dtype, *a, **k: seconds[dtype])
+    precision, why = choose_precision("auto", CPU, 64)
+    assert precision == expected and f"{1 / bf16_seconds:.1f}x" in why
+
+
+def test_a_set_precision_is_kept():
+    assert choose_precision("bf16", CPU, 64) == ("bf16", "set in the config")
+
+
+def test_compile_auto_weighs_the_warm_up_against_the_run(monkeypatch):
+    assert choose_compile("auto", CPU, 100)[0] is False
+    assert choose_compile("auto", CPU, 50_000)[0] is True
+    assert choose_compile(False, CPU, 50_000)[0] is False
+    monkeypatch.setattr(fastpath.shutil, "which", lambda name: None)
+    on, why = choose_compile("auto", CPU, 50_000)
+    assert on is False and "no C++ compiler" in why
+
+
+def test_planned_updates_follow_the_train_ratio():
+    config = load_config("walker_walk_proprio")
+    # (100k - 5k prefill) env steps / repeat 2 * 512 / 1024 = 23,750 updates
+    assert planned_updates(config) == 23_750
+    assert planned_updates(load_config("smoke")) == 100
+
+
+def test_freed_buffers_stay_in_the_process():
+    """With the heap allocator a large buffer allocated again faults no pages in."""
+    if not fastpath.use_heap_allocator():
+        pytest.skip("not glibc: mallopt is not available")
+
+    def faults_of_one_buffer() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        buffer = torch.ones(16 * 2**20)  # 64 MiB, every page written
+        del buffer
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_of_one_buffer()
+    pages = 64 * 2**20 // resource.getpagesize()
+    assert faults_of_one_buffer() < pages // 10  # was every page (16k) again
