@@ -110,7 +110,24 @@ def train(config, resume, root: Path) -> int:
     except FloatingPointError as error:
         print(f"error: {error}; the newest checkpoint is the last good state", file=sys.stderr)
         return 1
+    except OSError as error:  # a full disk, a folder made read-only or removed
+        print(f"error: {describe_write_error(error)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def describe_write_error(error: OSError) -> str:
+    """One line: which file could not be written, why, and how much room is left there."""
+    import shutil
+
+    where = Path(error.filename or ".")
+    folder = next((p for p in [where, *where.parents] if p.is_dir()), Path("."))
+    free = shutil.disk_usage(folder).free / 2**20
+    return (
+        f"cannot write {where}: {error.strerror or error} ({free:.1f} MB free there); "
+        "the files written before are intact: free some space (or make the folder writable) "
+        "and continue with --resume latest"
+    )
 
 
 if __name__ == "__main__":

@@ -4,12 +4,16 @@ A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads 
 torch.load(weights_only=True): a file crafted to execute code when unpickled is refused.
 """
 
+import errno
+import io
 import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from natural_dreamer.utils import naming_write_errors
 
 
 class CheckpointError(ValueError):
@@ -21,7 +25,21 @@ def save_checkpoint(state: dict, path: Path, latest: Path | None = None) -> None
     previous file intact; then point `latest` at it with a hard link (no second copy)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(state, temporary)
+    # Serialised in memory first: torch.save reports a full disk as a bare RuntimeError,
+    # a plain write reports it as an OSError that names the file.
+    data = io.BytesIO()
+    torch.save(state, data)
+    try:
+        with naming_write_errors(path), open(temporary, "wb") as handle:
+            handle.write(data.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException as error:  # leave no half-written file behind
+        temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            needed = f"{error.strerror}; the checkpoint needs {data.tell() / 2**20:.1f} MB"
+            raise OSError(errno.ENOSPC, needed, str(path)) from None
+        raise
     os.replace(temporary, path)
     if latest is not None:
         link = latest.with_name(f".{latest.name}.tmp")

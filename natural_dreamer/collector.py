@@ -51,6 +51,15 @@ class AgentPolicy:
         return action
 
 
+def check_finite(step: dict) -> None:
+    """Raise FloatingPointError naming the key when an environment hands back a NaN or an
+    infinity (in a float observation or the reward): the first place it can appear."""
+    for key, value in step.items():
+        value = np.asarray(value)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise FloatingPointError(f"the environment returned a non-finite {key!r}")
+
+
 def batched(step: dict) -> dict:
     """One environment's step dict -> a batch of one: every value gains a leading axis."""
     return {key: np.asarray(value)[None] for key, value in step.items()}
@@ -72,6 +81,7 @@ class Collector:
         action = policy(batched(self.obs))[0]
         self.store(self.obs, action)
         self.obs = self.env.step(action)
+        check_finite(self.obs)
         self.episode_return += float(self.obs["reward"])
         self.episode_length += 1
         if not self.obs["is_last"]:
@@ -144,6 +154,7 @@ class VectorCollector:
             "is_last": last,
             "is_terminal": terminated,
         }
+        check_finite(self.obs)
         self.returns += self.obs["reward"]  # the float32 rewards the buffer stores
         self.lengths += 1
         ended = np.flatnonzero(last)

@@ -101,6 +101,11 @@ class NormalAction:
         # No argument validation: a NaN must reach the loss, where the trainer names it.
         self.dist = torch.distributions.Normal(mean.float(), std.float(), validate_args=False)
 
+    def is_finite(self) -> bool:
+        """Whether every mean and std is a finite number (a NaN here would end in
+        torch.normal's 'std >= 0.0' error)."""
+        return bool(torch.isfinite(self.dist.loc).all() and torch.isfinite(self.dist.scale).all())
+
     def sample(self) -> torch.Tensor:
         return self.dist.sample()
 
@@ -126,6 +131,10 @@ class CategoricalAction:
 
     def __init__(self, logits: torch.Tensor, mix: float = 0.01):
         self.logits = unimix(logits, mix)
+
+    def is_finite(self) -> bool:
+        """Whether every logit is a finite number."""
+        return bool(torch.isfinite(self.logits).all())
 
     def sample(self) -> torch.Tensor:
         return sample_one_hot(self.logits, straight_through=False)

@@ -197,7 +197,12 @@ class Dreamer(nn.Module):
         embed = wm.encoder(obs_t)  # (N, E)
         rssm_state = {"deter": state["deter"], "stoch": state["stoch"]}
         rssm_state, _ = wm.rssm.observe_step(rssm_state, state["action"], embed, is_first)
-        policy = actor(wm.rssm.full_state(rssm_state))
+        feat = wm.rssm.full_state(rssm_state)
+        if not torch.isfinite(feat).all():
+            raise FloatingPointError("the model state became non-finite while acting")
+        policy = actor(feat)
+        if not policy.is_finite():
+            raise FloatingPointError("the actor's output became non-finite while acting")
         raw = policy.sample() if explore else policy.mode()
         action = policy.to_env(raw)
         return action.cpu().numpy().astype(np.float32), {**rssm_state, "action": action}

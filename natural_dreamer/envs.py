@@ -38,7 +38,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 SUITES = ("dmc", "gym", "toy", "atari", "crafter")
 OBS_MODES = ("pixels", "proprio", "both")
 MIN_IMAGE_SIZE = 16
-TOY_TASKS = ("counter", "counter_terminal")
+TOY_TASKS = ("counter", "counter_terminal", "counter_nan")
 
 _GL_PACKAGES = {"egl": "libegl1 libgl1-mesa-dri libopengl0", "osmesa": "libosmesa6"}
 _GL_DISABLED = ("off", "disable", "disabled", "false", "0")
@@ -451,7 +451,8 @@ class ToyEnv(Env):
     reward arriving with observation t is float(t), so reward == 10 * vector[0] always.
     One continuous action (ignored); action_repeat is ignored too, so time_limit counts
     policy steps. Task "counter" truncates at t == time_limit; "counter_terminal"
-    terminates (is_terminal True) at t == 7, unless time_limit truncates it first.
+    terminates (is_terminal True) at t == 7, unless time_limit truncates it first;
+    "counter_nan" puts a NaN into the vector at t == 50 (for the tests of the NaN guard).
     """
 
     def __init__(
@@ -465,6 +466,7 @@ class ToyEnv(Env):
         if task not in TOY_TASKS:
             raise ValueError(f"Unknown toy task {task!r}; choose one of: {', '.join(TOY_TASKS)}.")
         self._terminates = task == "counter_terminal"
+        self._nan_at = 50 if task == "counter_nan" else None
         if obs in ("proprio", "both"):
             self.obs_space["vector"] = ((2,), np.dtype(np.float32))
         self.action_size, self.discrete = 1, False
@@ -489,6 +491,8 @@ class ToyEnv(Env):
         obs = {}
         if "vector" in self.obs_space:
             obs["vector"] = np.array([self._t / 10, 1.0], dtype=np.float32)
+            if self._t == self._nan_at:
+                obs["vector"][0] = np.nan
         if "image" in self.obs_space:
             obs["image"] = self.render()
         return obs

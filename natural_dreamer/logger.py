@@ -22,6 +22,8 @@ from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from natural_dreamer.utils import naming_write_errors
+
 # Columns that keep a fixed place whatever order the first row lists them in.
 LEADING_COLUMNS = ("env_steps", "gradient_steps", "episode_return")
 TRAILING_COLUMNS = ("wall_seconds",)
@@ -78,7 +80,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
     # open(..., "x") rather than mkstemp: the file gets the usual umask permissions, not 0600.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(temporary, "x", encoding="utf-8", newline="") as handle:
+        with (
+            naming_write_errors(path),
+            open(temporary, "x", encoding="utf-8", newline="") as handle,
+        ):
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -134,11 +139,16 @@ class MetricsLogger:
             raise TypeError(f"column names must be strings, got {list(row)}")
         cells = {name: _format_value(value) for name, value in row.items()}
         new_columns = [name for name in row if name not in self.header]
-        if new_columns:
+        if not self.csv_path.exists():  # removed mid-run: start it again, header first
+            self._rewrite(order_columns(self.header, new_columns), [cells])
+        elif new_columns:
             _, old_rows = _read_rows(self.csv_path)
             self._rewrite(order_columns(self.header, new_columns), old_rows + [cells])
         else:
-            with self.csv_path.open("a", encoding="utf-8", newline="") as handle:
+            with (
+                naming_write_errors(self.csv_path),
+                self.csv_path.open("a", encoding="utf-8", newline="") as handle,
+            ):
                 csv.writer(handle, lineterminator="\n").writerow(
                     [cells.get(name, "") for name in self.header]
                 )

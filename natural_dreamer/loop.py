@@ -176,9 +176,11 @@ class Trainer:
         previous = {
             sig: signal.signal(sig, self.interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
         }
+        failed = True
         try:
             while self.env_steps < cfg.steps:
                 self.step(bar)
+            failed = False
         except StopRequest:
             if self.main:
                 self.save(suffix="latest")
@@ -187,12 +189,19 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             bar.close()
-            for logger in (self.logger, self.board):
-                if logger:
-                    logger.close()
-            self.loader.close()
-            self.envs.close()
-            self.eval_env.close()
+            self.close(quietly=failed)
+
+    def close(self, quietly: bool = False) -> None:
+        """Close the writers (the last plot), the loader and the environments. quietly: a
+        failure is already on its way out, so a second one (a full disk) is not raised."""
+        for closer in (self.logger, self.board, self.loader, self.envs, self.eval_env):
+            if closer is None:
+                continue
+            try:
+                closer.close()
+            except OSError:
+                if not quietly:
+                    raise
 
     def open_loggers(self) -> None:
         """The writers config.logger names ("csv", "tensorboard"), on rank 0 only."""
@@ -220,7 +229,12 @@ class Trainer:
         logging or saving due."""
         cfg = self.config.train
         training = self.env_steps >= cfg.prefill
-        finished = self.collector.step(self.policy if training else self.random_policy)
+        try:
+            finished = self.collector.step(self.policy if training else self.random_policy)
+        except FloatingPointError as error:
+            raise FloatingPointError(
+                f"{error} (collecting, at env step {self.env_steps})"
+            ) from None
         # Counted over all environments of all ranks: every rank has taken this step too.
         new_steps = self.collector.count * self.world
         self.policy_steps += new_steps
@@ -354,7 +368,12 @@ class Trainer:
         video = index == 0 and self.config.train.video
         seed = self.config.seed + 10_000 + self.gradient_steps * 100 + index
         policy = AgentPolicy(self.agent, explore=False)
-        score, frames = run_episode(self.eval_env, policy, render=video, seed=seed)
+        try:
+            score, frames = run_episode(self.eval_env, policy, render=video, seed=seed)
+        except FloatingPointError as error:
+            raise FloatingPointError(
+                f"{error} (evaluating, at gradient step {self.gradient_steps})"
+            ) from None
         if video:
             write_video(self.path("videos", f"{self.run}_{suffix}_eval_{score:.0f}.mp4"), frames)
             if self.board:

@@ -5,8 +5,12 @@ a scalar target into a distribution over bins (both: paper, "Robust predictions"
 lambda_returns computes the TD(lambda) targets of imagined trajectories ("Critic learning").
 """
 
+import contextlib
+import errno
 import os
 import random
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -110,3 +114,21 @@ def resident_mb() -> float:
     except (OSError, IndexError, ValueError):
         return float("nan")
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@contextlib.contextmanager
+def naming_write_errors(path):
+    """Make any OSError raised while writing `path` name that file. A write through an open
+    handle or a pipe (ffmpeg's) reports a full disk without a file name, or as a broken
+    pipe; seen from here it is the file that could not be written, and why."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        code = error.errno
+        folder = next((p for p in Path(path).parents if p.is_dir()), Path("."))
+        if code in (None, errno.EPIPE) and shutil.disk_usage(folder).free < 2**20:
+            code = errno.ENOSPC  # the pipe broke because the disk is full
+        message = os.strerror(code) if code else str(error).splitlines()[0]
+        raise OSError(code, message, str(path)) from None

@@ -11,6 +11,8 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 
+from natural_dreamer.utils import naming_write_errors
+
 MIN_HEIGHT = 256  # pixels; 64x64 observations are upscaled to at least this height
 MACRO_BLOCK = 16  # H.264 encodes 16x16 blocks; other sizes get resized by ffmpeg (blurry)
 SEPARATOR_WIDTH = 2  # pixels between the two halves of a side-by-side frame
@@ -62,19 +64,21 @@ def write_video(path: str | os.PathLike, frames, fps: float = 30) -> str:
     # Keep the .mp4 suffix on the temporary name: ffmpeg picks the container from it.
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.mp4")
     try:
-        writer = imageio.get_writer(
-            temporary,
-            format="FFMPEG",
-            fps=fps,
-            codec="libx264",
-            quality=QUALITY,
-            pixelformat="yuv420p",  # the format every browser and player can decode
-            macro_block_size=MACRO_BLOCK,
-        )
-        with writer:
-            for frame in frames:
-                writer.append_data(frame)
-        os.replace(temporary, path)
+        with naming_write_errors(path):
+            writer = imageio.get_writer(
+                temporary,
+                format="FFMPEG",
+                fps=fps,
+                codec="libx264",
+                quality=QUALITY,
+                pixelformat="yuv420p",  # the format every browser and player can decode
+                macro_block_size=MACRO_BLOCK,
+                ffmpeg_log_level="quiet",  # a failure comes back as our exception, in one line
+            )
+            with writer:
+                for frame in frames:
+                    writer.append_data(frame)
+            os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return str(path)

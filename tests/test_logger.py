@@ -267,3 +267,12 @@ def test_read_metrics_of_resumed_run_has_no_duplicate_rows(tmp_path):
     frame = read_metrics(path)
     assert frame["env_steps"].is_unique
     assert isinstance(frame, pd.DataFrame) and len(frame) == 6
+
+
+def test_a_csv_removed_mid_run_starts_again_with_its_header(tmp_path):
+    path = tmp_path / "metrics" / "run.csv"
+    logger = MetricsLogger(path)
+    logger.log({"env_steps": 1, "loss": 0.5})
+    path.unlink()
+    logger.log({"env_steps": 2, "loss": 0.25})
+    assert path.read_text().splitlines() == ["env_steps,loss", "2,0.25"]

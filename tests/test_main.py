@@ -300,3 +300,65 @@ def test_an_outdir_that_cannot_be_written_stops_before_any_work(outdir):
     result = run_main("smoke", outdir=outdir, timeout=60)
     assert result.returncode == 2 and "cannot write to --outdir" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 20 MB tmpfs as --outdir: room for the plot bundle and one smoke checkpoint only."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)])
+    assert result.returncode == 0, "the disk-full tests need to mount a tmpfs (root)"
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)])
+
+
+def test_a_full_disk_ends_in_one_line_and_the_run_resumes(small_disk):
+    result = run_main("smoke", "--max_steps", "2000", outdir=small_disk)
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr and last.startswith("error: cannot write ")
+    assert "No space left on device" in last and "MB free there" in last and "needs" in last
+    checkpoints = sorted(p.name for p in (small_disk / "checkpoints").iterdir())
+    assert checkpoints == ["smoke_run.yml", "smoke_run_0.05k.pth", "smoke_run_latest.pth"]
+    rows = pd.read_csv(small_disk / "metrics" / "smoke_run.csv")["env_steps"].tolist()
+    assert rows == [200, 400]
+    # Once there is room again the run continues from its newest checkpoint.
+    subprocess.run(["mount", "-o", "remount,size=100m", str(small_disk)], check=True)
+    result = run_main("smoke", "--max_steps", "1000", "--resume", "latest", outdir=small_disk)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = pd.read_csv(small_disk / "metrics" / "smoke_run.csv")["env_steps"].tolist()
+    assert rows == [200, 400, 600, 800, 1000]
+
+
+def test_a_read_only_output_folder_ends_in_one_line(small_disk):
+    subprocess.run(["mount", "-o", "remount,size=100m", str(small_disk)], check=True)
+    assert run_main("smoke", outdir=small_disk).returncode == 0
+    before = {p.name: p.read_bytes() for p in (small_disk / "checkpoints").iterdir()}
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    result = run_main("smoke", "--max_steps", "1000", "--resume", "latest", outdir=small_disk)
+    assert result.returncode in (1, 2) and "Traceback" not in result.stderr
+    assert "Read-only file system" in result.stderr.strip().splitlines()[-1]
+    assert {p.name: p.read_bytes() for p in (small_disk / "checkpoints").iterdir()} == before
+
+
+def test_a_nan_from_the_environment_is_named_where_it_appears(tmp_path):
+    args = ("--env.suite", "toy", "--env.task", "counter_nan", "--env.time_limit", "100")
+    result = run_main("smoke", *args, outdir=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "the environment returned a non-finite 'vector' (collecting, at env step" in (
+        result.stderr
+    )
+
+
+def test_a_nan_in_the_actor_is_named_while_acting(smoke_run, tmp_path):
+    import torch
+
+    out = smoke_run[0]
+    state = torch.load(out / "checkpoints" / "smoke_run_0.1k.pth", weights_only=True)
+    state["agent"]["behavior.actor.out.weight"][:] = float("nan")
+    torch.save(state, out / "checkpoints" / "smoke_run_nanactor.pth")
+    result = run_main("smoke", "--resume", "nanactor", "--max_steps", "700", outdir=out)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "the actor's output became non-finite while acting (collecting" in result.stderr
+    assert "the newest checkpoint is the last good state" in result.stderr
