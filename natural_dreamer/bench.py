@@ -4,6 +4,9 @@
     python -m natural_dreamer.bench --quick         # the laptop preset only, a few minutes
     python -m natural_dreamer.bench --tables steps  # some tables: steps scaling envs memory
 
+user     "as a user runs it": for every config in configs/, its own settings (preset, batch,
+         precision and compile as `auto` chooses them here), seconds per gradient step, the
+         warm-up, the updates its budget implies and the projected wall time of the budget.
 steps    seconds per gradient step (median of --repeats after two warm-up steps), split into
          world model, imagination and actor-critic; FLOPs per step counted by
          torch.utils.flop_counter (matrix products and convolutions, forward and backward);
@@ -29,12 +32,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from natural_dreamer.buffer import ReplayBuffer
-from natural_dreamer.config import load_config
+from natural_dreamer.config import available_configs, load_config
 from natural_dreamer.dreamer import Dreamer
+from natural_dreamer.envs import make_env
+from natural_dreamer.fastpath import cpu_flags, native_bf16, planned_updates
 
 OBS = {"vector": {"vector": ((24,), np.float32)}, "image": {"image": ((64, 64, 3), np.uint8)}}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-TABLES = ("steps", "scaling", "envs", "memory")
+TABLES = ("user", "steps", "scaling", "envs", "memory")
 
 
 def random_batch(obs_space: dict, action_size: int, B: int, T: int, discrete=False, seed=0):
@@ -169,7 +174,53 @@ def env_steps_per_second(env_config: dict, steps: int = 2000) -> float:
     return rate
 
 
+def host() -> str:
+    """The CPU model and whether it has native bf16, for every printed figure."""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
+        "unknown CPU",
+    )
+    native = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return f"{model}; {'+'.join(native) if native else 'no native bf16 (AVX2 or less)'}"
+
+
+def table_user(names, repeats: int) -> None:
+    """Each config as `python main.py NAME` runs it: seconds per update and the budget."""
+    print(
+        "| config | preset | obs | B x T | precision | compile | warm-up s | s/update "
+        "| updates | projected |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        config = load_config(name)
+        env = make_env(config.env, seed=0)
+        agent = Dreamer(env.obs_space, env.action_size, env.discrete, config)
+        env.close()
+        wm = config.world_model
+        batch = random_batch(
+            env.obs_space, env.action_size, wm.batch_size, wm.batch_length, env.discrete
+        )
+        start = time.perf_counter()
+        for _ in range(2):
+            agent.train_step(batch)
+        warmup = time.perf_counter() - start
+        step = median_seconds(lambda: agent.train_step(batch), repeats)  # noqa: B023
+        updates = planned_updates(config)
+        hours = (warmup + updates * step) / 3600
+        projected = f"{hours * 60:.0f} min" if hours < 2 else f"{hours:.1f} h"
+        print(
+            f"| {name} | {config.model.preset} | {config.env.obs} | {wm.batch_size} x "
+            f"{wm.batch_length} | {agent.precision} | {'on' if agent.compiled else 'off'} "
+            f"| {warmup:.0f} | {step:.3f} | {updates:,} | {projected} |",
+            flush=True,
+        )
+
+
 def table_steps(presets, observations, precisions, modes, repeats: int) -> None:
+    if "bf16" in precisions and not native_bf16(torch.device("cpu"))[0]:
+        # Without native bf16 every bf16 product runs reference loops: minutes per row.
+        print("bf16 rows left out: this CPU has no native bf16 (fp32 is what auto picks)")
+        precisions = [p for p in precisions if p != "bf16"]
     peaks = {precision: matmul_peak(precision) for precision in precisions}
     for precision, peak in peaks.items():
         print(f"torch.mm peak (best square of 1024-4096), {precision}: {peak / 1e9:.0f} GFLOP/s")
@@ -249,14 +300,19 @@ def main() -> None:
         help="eager PyTorch and/or the compile: true agent (the scaling table uses the last)",
     )
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--configs", nargs="+", default=available_configs(), help="the configs of the user table"
+    )
     parser.add_argument("--quick", action="store_true", help="the 1m preset only, 3 repeats")
     args = parser.parse_args()
     if args.quick:
         args.presets, args.repeats = ["1m"], 3
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {host()}")
     for table in args.tables:
         print(f"\n## {table}\n")
-        if table == "steps":
+        if table == "user":
+            table_user(args.configs, max(3, args.repeats // 3))
+        elif table == "steps":
             table_steps(args.presets, args.obs, args.precision, args.modes, args.repeats)
         elif table == "scaling":
             compiled = args.modes[-1] == "compiled"
