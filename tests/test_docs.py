@@ -1,0 +1,40 @@
+"""The documentation pages hold what the README and the chapters point to."""
+
+import ast
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_pitfall_the_chapters_cite_is_written_down_with_tests_that_exist():
+    page = (ROOT / "docs" / "pitfalls.md").read_text()
+    numbers = {int(n) for n in re.findall(r"^(\d+)\. \*\*", page, flags=re.M)}
+    assert numbers == set(range(1, 12))
+    cited = set()
+    for notebook in (ROOT / "notebooks").glob("*.ipynb"):
+        cells = json.loads(notebook.read_text())["cells"]
+        text = "".join("".join(cell["source"]) for cell in cells)
+        cited |= {int(n) for n in re.findall(r"pitfall (\d+)", text)}
+    assert cited and cited <= numbers
+    # Every test a pitfall names exists, in the file it names (the last file named before it).
+    named = re.findall(r"`(?:tests/(\w+\.py)::)?(test_\w+)`", page)
+    assert len(named) >= 11
+    current = None
+    for file, test in named:
+        current = file or current
+        tree = ast.parse((ROOT / "tests" / current).read_text())
+        functions = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+        assert test in functions, (current, test)
+
+
+def test_the_readme_links_only_to_files_that_exist():
+    readme = (ROOT / "README.md").read_text()
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme):
+        if not target.startswith("http"):
+            assert (ROOT / target).exists(), target
+    for page in (ROOT / "docs").glob("*.md"):
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            if not target.startswith("http"):
+                assert (page.parent / target).exists(), (page.name, target)
