@@ -26,7 +26,7 @@ class Actor(nn.Module):
 
     def __init__(self, feat_dim: int, action_size: int, discrete: bool, sizes: dict, config):
         super().__init__()
-        self.discrete, self.unimix = discrete, config.model.unimix
+        self.discrete, self.unimix, self.action_size = discrete, config.model.unimix, action_size
         self.min_std, self.max_std = config.behavior.action_min_std, config.behavior.action_max_std
         self.mlp = MLP(feat_dim, sizes["units"], sizes["mlp_layers"])
         self.out = nn.Linear(self.mlp.out_dim, action_size * (1 if discrete else 2))
@@ -119,17 +119,38 @@ class Behavior(nn.Module):
         frozen world model into the actor.
         """
         rssm, feats, actions = world_model.rssm, [], []
-        state = start
+        deter, stoch = start["deter"], start["stoch"]
+        N, H = deter.shape[0], self.horizon
+        # Every random number of the rollout, drawn before it: the steps themselves are then
+        # pure functions, which compile: true fuses without changing the random streams.
+        action_noise = (
+            torch.rand(H, N, 1, device=deter.device)
+            if self.actor.discrete
+            else torch.randn(H, N, self.actor.action_size, device=deter.device)
+        )
+        latent_noise = torch.rand(H, N, rssm.stoch, 1, device=deter.device)
         with torch.set_grad_enabled(self.actor_grad == "dynamics"):
-            for _ in range(self.horizon):
-                feat = rssm.full_state(state)
-                policy = self.actor(feat if self.actor_grad == "dynamics" else feat.detach())
-                raw = policy.rsample() if self.actor_grad == "dynamics" else policy.sample()
+            for t in range(H):
+                feat, raw, deter, stoch = self.rollout_step(
+                    rssm, deter, stoch, action_noise[t], latent_noise[t]
+                )
                 feats.append(feat)
                 actions.append(raw)
-                state = rssm.imagine_step(state, policy.to_env(raw).to(feat.dtype))
-            feats.append(rssm.full_state(state))
+            feats.append(rssm.full_state({"deter": deter, "stoch": stoch}))
         return torch.stack(feats, 1), torch.stack(actions, 1)
+
+    def rollout_step(self, rssm, deter, stoch, action_noise, latent_noise):
+        """One imagined step: the actor acts at s_t, the dynamics predict s_{t+1}.
+
+        Returns (feat of s_t (N, F), raw action (N, A), deter and stoch of s_{t+1})."""
+        feat = rssm.full_state({"deter": deter, "stoch": stoch})
+        dynamics = self.actor_grad == "dynamics"
+        policy = self.actor(feat if dynamics else feat.detach())
+        raw = policy.rsample(action_noise) if dynamics else policy.sample(action_noise)
+        deter, stoch = rssm.predict_step(
+            deter, stoch, policy.to_env(raw).to(feat.dtype), latent_noise
+        )
+        return feat, raw, deter, stoch
 
     def loss(self, world_model, start: dict, batch: dict, reward_fn=task_reward):
         """behavior_training from posterior states {"deter": (B, T, D), "stoch": (B, T, S, C)}.

@@ -69,16 +69,20 @@ def unimix(logits: torch.Tensor, mix: float) -> torch.Tensor:
     return torch.log(probs)
 
 
-def sample_one_hot(logits: torch.Tensor, straight_through: bool = True) -> torch.Tensor:
+def sample_one_hot(
+    logits: torch.Tensor, straight_through: bool = True, uniform: torch.Tensor | None = None
+) -> torch.Tensor:
     """One-hot sample: (..., C) -> (..., C).
 
     With straight_through the forward value is the sample (up to rounding) and the gradient
     flows as if it were the probabilities; without, it is an exact one-hot with no gradient.
     Sampling inverts the cumulative distribution with one uniform number per categorical,
-    which on the CPU is ten times faster than torch.multinomial.
+    which on the CPU is ten times faster than torch.multinomial. uniform (..., 1): those
+    numbers, drawn by the caller (a compiled region then draws none itself); else drawn here.
     """
     probs = log_normalize(logits).exp()
-    uniform = torch.rand(*probs.shape[:-1], 1, device=probs.device)
+    if uniform is None:
+        uniform = torch.rand(*probs.shape[:-1], 1, device=probs.device)
     index = (probs.cumsum(-1) < uniform).sum(-1).clamp(max=probs.shape[-1] - 1)  # (...)
     sample = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
     return sample + probs - probs.detach() if straight_through else sample
@@ -106,11 +110,15 @@ class NormalAction:
         torch.normal's 'std >= 0.0' error)."""
         return bool(torch.isfinite(self.dist.loc).all() and torch.isfinite(self.dist.scale).all())
 
-    def sample(self) -> torch.Tensor:
-        return self.dist.sample()
+    def sample(self, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """A sample without gradient; noise (..., A): standard normals drawn by the caller."""
+        return self.rsample(noise).detach()
 
-    def rsample(self) -> torch.Tensor:
-        return self.dist.rsample()
+    def rsample(self, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """A reparameterised sample mean + std * noise (noise drawn here when None)."""
+        if noise is None:
+            noise = torch.randn_like(self.dist.loc)
+        return self.dist.loc + self.dist.scale * noise
 
     def mode(self) -> torch.Tensor:
         return self.dist.mean
@@ -136,11 +144,12 @@ class CategoricalAction:
         """Whether every logit is a finite number."""
         return bool(torch.isfinite(self.logits).all())
 
-    def sample(self) -> torch.Tensor:
-        return sample_one_hot(self.logits, straight_through=False)
+    def sample(self, uniform: torch.Tensor | None = None) -> torch.Tensor:
+        """An exact one-hot sample; uniform (..., 1) drawn by the caller, or here."""
+        return sample_one_hot(self.logits, straight_through=False, uniform=uniform)
 
-    def rsample(self) -> torch.Tensor:
-        return sample_one_hot(self.logits)
+    def rsample(self, uniform: torch.Tensor | None = None) -> torch.Tensor:
+        return sample_one_hot(self.logits, uniform=uniform)
 
     def mode(self) -> torch.Tensor:
         return F.one_hot(self.logits.argmax(-1), self.logits.shape[-1]).float()

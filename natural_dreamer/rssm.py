@@ -138,20 +138,31 @@ class RSSM(nn.Module):
         stoch = state["stoch"]
         return torch.cat([state["deter"], stoch.reshape(*stoch.shape[:-2], -1)], -1)
 
-    def observe_step(self, state, prev_action, embed, is_first):
+    def observe_step(self, state, prev_action, embed, is_first, uniform=None):
         """One filtering step on real data: (s_{t-1}, a_{t-1}, x_t) -> posterior s_t.
 
         state: dict of (B, ...); prev_action (B, A); embed (B, E); is_first (B,) bool. Where an
         episode starts, h, z AND the previous action are reset to zero (pitfall 5).
+        uniform (B, S, 1): the sample's random numbers (drawn here when None).
         Returns (new state, posterior logits (B, S, C)).
         """
+        if uniform is None:
+            uniform = torch.rand(embed.shape[0], self.stoch, 1, device=embed.device)
+        deter, stoch, logits = self.filter_step(
+            state["deter"], state["stoch"], prev_action, embed, is_first, uniform
+        )
+        return {"deter": deter, "stoch": stoch}, logits
+
+    def filter_step(self, deter, stoch, prev_action, embed, is_first, uniform):
+        """observe_step's arithmetic, with every random number given: one region that
+        compile: true turns into a few fused kernels. Returns (deter, stoch, logits)."""
         keep = (~is_first).to(embed.dtype)  # (B,)
-        deter = state["deter"] * keep[:, None]
-        stoch = state["stoch"] * keep[:, None, None]
+        deter = deter * keep[:, None]
+        stoch = stoch * keep[:, None, None]
         prev_action = prev_action * keep[:, None]
         deter = self.cell(deter, stoch.reshape(stoch.shape[0], -1), prev_action)
         logits = self.posterior_net(torch.cat([deter, embed], -1))  # (B, S, C)
-        return {"deter": deter, "stoch": sample_one_hot(logits)}, logits
+        return deter, sample_one_hot(logits, uniform=uniform), logits
 
     def observe(self, embed, actions, is_first, state=None, first_action=None):
         """Filter a batch of sequences (the paper's encoder / representation model).
@@ -168,9 +179,10 @@ class RSSM(nn.Module):
         first = torch.zeros_like(actions[:, 0]) if first_action is None else first_action
         prev_actions = torch.cat([first[:, None].to(actions.dtype), actions[:, :-1]], 1)
         deters, stochs, post_logits = [], [], []
+        uniform = torch.rand(T, B, self.stoch, 1, device=embed.device)  # every step's draws
         for t in range(T):
             state, logits = self.observe_step(
-                state, prev_actions[:, t], embed[:, t], is_first[:, t]
+                state, prev_actions[:, t], embed[:, t], is_first[:, t], uniform[t]
             )
             deters.append(state["deter"])
             stochs.append(state["stoch"])
@@ -180,8 +192,15 @@ class RSSM(nn.Module):
         prior_logits = self.prior_net(states["deter"])  # (B, T, S, C)
         return states, torch.stack(post_logits, 1), prior_logits
 
-    def imagine_step(self, state: dict, action: torch.Tensor) -> dict:
-        """One step of the dynamics without an observation: (s_t, a_t) -> prior s_{t+1}."""
-        stoch = state["stoch"]
-        deter = self.cell(state["deter"], stoch.reshape(stoch.shape[0], -1), action)
-        return {"deter": deter, "stoch": sample_one_hot(self.prior_net(deter))}
+    def imagine_step(self, state: dict, action: torch.Tensor, uniform=None) -> dict:
+        """One step of the dynamics without an observation: (s_t, a_t) -> prior s_{t+1}.
+        uniform (N, S, 1): the sample's random numbers (drawn here when None)."""
+        if uniform is None:
+            uniform = torch.rand(action.shape[0], self.stoch, 1, device=action.device)
+        deter, stoch = self.predict_step(state["deter"], state["stoch"], action, uniform)
+        return {"deter": deter, "stoch": stoch}
+
+    def predict_step(self, deter, stoch, action, uniform):
+        """imagine_step's arithmetic with its random numbers given. Returns (deter, stoch)."""
+        deter = self.cell(deter, stoch.reshape(stoch.shape[0], -1), action)
+        return deter, sample_one_hot(self.prior_net(deter), uniform=uniform)

@@ -42,14 +42,14 @@ def without_sampling_noise():
     """
     from natural_dreamer import distributions, rssm
 
-    def most_likely_one_hot(logits, straight_through=True):
+    def most_likely_one_hot(logits, straight_through=True, uniform=None):
         probs = distributions.log_normalize(logits).exp()
         sample = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
         return sample + probs - probs.detach() if straight_through else sample
 
     rssm.sample_one_hot = most_likely_one_hot
-    distributions.NormalAction.sample = distributions.NormalAction.mode
-    distributions.CategoricalAction.sample = distributions.CategoricalAction.mode
+    distributions.NormalAction.sample = lambda self, noise=None: self.mode()
+    distributions.CategoricalAction.sample = lambda self, uniform=None: self.mode()
 
 
 def fresh_agent():
