@@ -362,3 +362,28 @@ def test_a_nan_in_the_actor_is_named_while_acting(smoke_run, tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "the actor's output became non-finite while acting (collecting" in result.stderr
     assert "the newest checkpoint is the last good state" in result.stderr
+
+
+def test_an_exported_agent_is_small_and_loads_safely(smoke_run, tmp_path):
+    import torch
+
+    from natural_dreamer import AttrDict, Dreamer
+    from natural_dreamer.envs import make_env
+
+    out = smoke_run[0]
+    checkpoint = out / "checkpoints" / "smoke_run_0.1k.pth"
+    result = subprocess.run(
+        [sys.executable, "scripts/export_agent.py", str(checkpoint), str(tmp_path / "a.pth")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "a.pth").stat().st_size < checkpoint.stat().st_size / 2  # no replay
+    assert (tmp_path / "a.csv").read_text() == (out / "metrics" / "smoke_run.csv").read_text()
+    state = torch.load(tmp_path / "a.pth", weights_only=True)
+    assert set(state) == {"agent", "config", "counters"} and state["counters"]["gradient_steps"]
+    config = AttrDict(state["config"])
+    env = make_env(config.env, seed=0)
+    Dreamer(env.obs_space, env.action_size, env.discrete, config).load_state_dict(state["agent"])
