@@ -52,23 +52,27 @@ def test_saved_config_is_plain_yaml(tmp_path):
     assert yaml.safe_load((tmp_path / "c.yml").read_text()) == config.to_dict()
 
 
-def test_yaml_that_would_build_python_objects_is_refused(tmp_path, monkeypatch):
+def use_configs(folder, monkeypatch, defaults: str = "seed: 0   # {int >= 0}\n", **files):
+    """Make `folder` the configs folder, holding defaults.yml and the files {name: text}."""
     from natural_dreamer import config as config_module
 
-    (tmp_path / "defaults.yml").write_text("seed: 0\n")
-    (tmp_path / "evil.yml").write_text("seed: !!python/object/apply:os.system ['touch pwned']\n")
-    monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path)
+    (folder / "defaults.yml").write_text(defaults)
+    for name, text in files.items():
+        (folder / f"{name}.yml").write_text(text)
+    monkeypatch.setattr(config_module, "CONFIG_DIR", folder)
+
+
+def test_yaml_that_would_build_python_objects_is_refused(tmp_path, monkeypatch):
+    use_configs(
+        tmp_path, monkeypatch, evil="seed: !!python/object/apply:os.system ['touch pwned']\n"
+    )
     with pytest.raises(ConfigError, match="evil.yml"):
         load_config("evil")
     assert not (tmp_path / "pwned").exists()
 
 
 def test_malformed_yaml_names_file_and_line(tmp_path, monkeypatch):
-    from natural_dreamer import config as config_module
-
-    (tmp_path / "defaults.yml").write_text("seed: 0\n")
-    (tmp_path / "bad.yml").write_text("seed: 1\nenv: [unclosed\n")
-    monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path)
+    use_configs(tmp_path, monkeypatch, bad="seed: 1\nenv: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad.yml:\d"):
         load_config("bad")
 
@@ -126,11 +130,8 @@ def test_every_key_declares_its_values_and_refuses_one_just_outside():
 
 
 def test_a_key_without_declared_values_is_refused(tmp_path, monkeypatch):
-    from natural_dreamer import config as config_module
-
-    (tmp_path / "defaults.yml").write_text("seed: 0   # {int >= 0} fine\nnew_key: 3   # no spec\n")
-    (tmp_path / "run.yml").write_text("seed: 1\n")
-    monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path)
+    defaults = "seed: 0   # {int >= 0} fine\nnew_key: 3   # no spec\n"
+    use_configs(tmp_path, monkeypatch, defaults, run="seed: 1\n")
     with pytest.raises(ConfigError, match="new_key.*declares no"):
         load_config("run")
 
