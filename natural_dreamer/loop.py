@@ -120,6 +120,7 @@ class Trainer:
         self.next_checkpoint = config.train.checkpoint_every
         self.saved_at = -1  # gradient steps at the last save
         self.logger = self.board = None  # the CSV and TensorBoard writers, while training
+        self.stop_signal = 0  # SIGINT or SIGTERM received: stop after this policy step
 
     def build_collection(self, env) -> None:
         """The training environments, their replay buffer (one stream each), the collector,
@@ -180,6 +181,8 @@ class Trainer:
         try:
             while self.env_steps < cfg.steps:
                 self.step(bar)
+                if self.stop_signal:
+                    raise StopRequest(self.stop_signal)
             failed = False
         except StopRequest:
             if self.main:
@@ -222,7 +225,9 @@ class Trainer:
             self.board = TensorBoardLogger(self.path("metrics", self.run), self.env_steps)
 
     def interrupt(self, signum, frame):
-        raise StopRequest(signum)
+        """Note the signal; the loop stops at the end of the current policy step. Raising here
+        instead could land inside torch.compile, which would swallow the exception."""
+        self.stop_signal = signum
 
     def step(self, bar) -> None:
         """One policy step in every environment, the gradient steps it pays for, and any
