@@ -11,13 +11,12 @@ Both losses are weighted by the cumulative predicted discount * continue.
 """
 
 import copy
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from natural_dreamer.distributions import CategoricalAction, NormalAction
-from natural_dreamer.networks import MLP, TwoHotHead, init_weights, scale_output
+from natural_dreamer.networks import MLP, TwoHotHead, frozen, init_weights, scale_output
 from natural_dreamer.utils import lambda_returns
 
 
@@ -64,19 +63,6 @@ class ReturnNormalizer(nn.Module):
 
     def scale(self) -> torch.Tensor:
         return self.range.clamp(min=1.0)
-
-
-@contextmanager
-def frozen(*modules: nn.Module):
-    """Gradients flow through these modules to their inputs, but not into their parameters."""
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def task_reward(world_model, feats: torch.Tensor, raw_actions: torch.Tensor):

@@ -105,7 +105,7 @@ def time_phases(preset, obs, precision, repeats: int, B=16, T=64, H=15, compiled
     tensors = agent.batch_to_torch(batch)
 
     def world_model():
-        with agent.autocast():
+        with agent.autocast(), agent.world_model.rssm.batched_weight_grads():
             loss, _, posterior = agent.world_model.loss(tensors)
         loss.backward()
         return posterior

@@ -95,7 +95,8 @@ class Dreamer(nn.Module):
         """
         batch = self.batch_to_torch(batch)
         replay_grad = self.behavior.replay_grad
-        with self.autocast():
+        # The filtering loop's weight gradients in one pass each (RSSM.filter_batched).
+        with self.autocast(), self.world_model.rssm.batched_weight_grads():
             wm_loss, metrics, posterior = self.world_model.loss(batch, keep_graph=replay_grad)
             actor_loss, critic_loss, behavior_metrics = self.behavior.loss(
                 self.world_model, posterior, batch

@@ -5,6 +5,8 @@ scale). Images enter as x / 255 - 0.5; vectors enter symlogged (paper section "R
 predictions"), so a single set of hyperparameters handles any observation scale.
 """
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -97,6 +99,19 @@ def scale_output(layer: nn.Module, scale: float) -> None:
         layer.weight.mul_(scale)
         if layer.bias is not None:
             layer.bias.zero_()
+
+
+@contextmanager
+def frozen(*modules: nn.Module):
+    """Gradients flow through these modules to their inputs, but not into their parameters."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 class BlockLinear(nn.Module):

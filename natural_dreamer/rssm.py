@@ -7,12 +7,14 @@ The model state has two parts (paper, "World model learning"):
 full_state = concat(h_t, flatten(z_t)) feeds every head.
 """
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from natural_dreamer.distributions import sample_one_hot, unimix
-from natural_dreamer.networks import MLP, BlockLinear, RMSNorm, init_weights
+from natural_dreamer.networks import MLP, BlockLinear, RMSNorm, frozen, init_weights
 
 __all__ = ["RSSM", "BlockLinear", "LatentNet", "RecurrentCell"]
 
@@ -124,6 +126,7 @@ class RSSM(nn.Module):
         self.prior_net = LatentNet(self.deter_dim, hidden, stoch, classes, mix, prior_layers)
         self.posterior_net = LatentNet(self.deter_dim + embed_dim, hidden, stoch, classes, mix)
         self.feat_dim = self.deter_dim + stoch_dim
+        self.batch_weight_grads = False  # see batched_weight_grads()
 
     def initial(self, batch: int, device) -> dict:
         """The all-zero state an episode starts from."""
@@ -153,15 +156,21 @@ class RSSM(nn.Module):
         )
         return {"deter": deter, "stoch": stoch}, logits
 
-    def filter_step(self, deter, stoch, prev_action, embed, is_first, uniform):
+    def filter_step(self, deter, stoch, prev_action, embed, is_first, uniform, probe=None):
         """observe_step's arithmetic, with every random number given: one region that
-        compile: true turns into a few fused kernels. Returns (deter, stoch, logits)."""
+        compile: true turns into a few fused kernels. Returns (deter, stoch, logits).
+        probe (B, D + S * C) or None: zeros added to the new deter (after the posterior has
+        read it) and to the logits, whose gradient is then the gradient of the step's
+        outputs (see filter_batched)."""
         keep = (~is_first).to(embed.dtype)  # (B,)
         deter = deter * keep[:, None]
         stoch = stoch * keep[:, None, None]
         prev_action = prev_action * keep[:, None]
         deter = self.cell(deter, stoch.reshape(stoch.shape[0], -1), prev_action)
         logits = self.posterior_net(torch.cat([deter, embed], -1))  # (B, S, C)
+        if probe is not None:
+            deter = deter + probe[:, : self.deter_dim].to(deter.dtype)
+            logits = logits + probe[:, self.deter_dim :].reshape(logits.shape).to(logits.dtype)
         return deter, sample_one_hot(logits, uniform=uniform), logits
 
     def observe(self, embed, actions, is_first, state=None, first_action=None):
@@ -178,19 +187,88 @@ class RSSM(nn.Module):
         state = state or self.initial(B, embed.device)
         first = torch.zeros_like(actions[:, 0]) if first_action is None else first_action
         prev_actions = torch.cat([first[:, None].to(actions.dtype), actions[:, :-1]], 1)
-        deters, stochs, post_logits = [], [], []
         uniform = torch.rand(T, B, self.stoch, 1, device=embed.device)  # every step's draws
-        for t in range(T):
-            state, logits = self.observe_step(
-                state, prev_actions[:, t], embed[:, t], is_first[:, t], uniform[t]
-            )
-            deters.append(state["deter"])
-            stochs.append(state["stoch"])
-            post_logits.append(logits)
-        states = {"deter": torch.stack(deters, 1), "stoch": torch.stack(stochs, 1)}
+        steps = (prev_actions, embed, is_first, uniform)
+        trains = torch.is_grad_enabled() and self.cell.gates.weight.requires_grad
+        if self.batch_weight_grads and trains:
+            states, post_logits = self.filter_batched(state, *steps)
+        else:
+            states, post_logits = self.filter(state, *steps)
         # The prior depends on h_t alone, so all T steps go through it in one batched call.
         prior_logits = self.prior_net(states["deter"])  # (B, T, S, C)
-        return states, torch.stack(post_logits, 1), prior_logits
+        return states, post_logits, prior_logits
+
+    def filter(self, state, prev_actions, embed, is_first, uniform, probes=None):
+        """The T filtering steps, one after another: observe's loop. uniform (T, B, S, 1);
+        probes: T tensors (B, D + S * C) or None. Returns (states of (B, T, ...), posterior
+        logits (B, T, S, C))."""
+        deter, stoch = state["deter"], state["stoch"]
+        deters, stochs, post_logits = [], [], []
+        for t in range(embed.shape[1]):
+            probe = None if probes is None else probes[t]
+            deter, stoch, logits = self.filter_step(
+                deter, stoch, prev_actions[:, t], embed[:, t], is_first[:, t], uniform[t], probe
+            )
+            deters.append(deter)
+            stochs.append(stoch)
+            post_logits.append(logits)
+        states = {"deter": torch.stack(deters, 1), "stoch": torch.stack(stochs, 1)}
+        return states, torch.stack(post_logits, 1)
+
+    def filter_batched(self, state, prev_actions, embed, is_first, uniform):
+        """filter() with the same values and gradients, but the weight gradients of the loop
+        taken for all T steps at once.
+
+        Backpropagating the loop step by step forms every weight's gradient T times from B
+        rows (each a product as large as the weight, then added into its .grad): on a 12m
+        model that is most of the loop's backward. Here the loop runs with the cell and the
+        posterior frozen, so its backward only carries gradients from step to step, and
+        zero `probes` on each step's outputs catch the gradient g_t of those outputs. The
+        step is then applied once more to all B * T inputs together (the same values), and
+        its backward with the g_t gives every weight gradient, sum_t of each step's, in one
+        large product: dL/dW = sum_t (d out_t / dW)^T g_t.
+        """
+        B, T = embed.shape[:2]
+        D, SC = self.deter_dim, self.stoch * self.classes
+        # One tensor per step: slices of one tensor would each get a full-size gradient.
+        probes = [torch.zeros(B, D + SC, device=embed.device, requires_grad=True) for _ in range(T)]
+        with frozen(self.cell, self.posterior_net):
+            states, post_logits = self.filter(state, prev_actions, embed, is_first, uniform, probes)
+        # Each step's inputs: the state before it (the initial one, then the steps' outputs).
+        before = {
+            key: torch.cat([state[key][:, None], states[key][:, :-1]], 1).detach()
+            for key in ("deter", "stoch")
+        }
+
+        def flat(x):  # (B, T, ...) -> (B * T, ...)
+            return x.reshape(B * T, *x.shape[2:])
+
+        deter, _, logits = self.filter_step(
+            flat(before["deter"]), flat(before["stoch"]), flat(prev_actions),
+            flat(embed.detach()), flat(is_first), flat(uniform.transpose(0, 1)),
+        )  # fmt: skip
+        outputs = (deter, logits.reshape(B * T, SC))
+
+        def weight_gradients(grads):  # once the g_t of all T steps are complete
+            if any(grad is None for grad in grads):
+                return  # a loss that does not depend on the loop
+            g = torch.stack(grads, 1).reshape(B * T, D + SC)  # (B * T, D + S * C)
+            torch.autograd.backward(outputs, (g[:, :D], g[:, D:]), retain_graph=True)
+
+        torch.autograd.graph.register_multi_grad_hook(probes, weight_gradients)
+        return states, post_logits
+
+    @contextmanager
+    def batched_weight_grads(self):
+        """Within: observe() takes the loop's weight gradients in one pass (filter_batched),
+        as Dreamer.train_step does. Gradients then reach the weights through a hook that runs
+        during backward(), not through the graph, so torch.autograd.grad cannot see them:
+        outside this context observe() builds the plain graph."""
+        previous, self.batch_weight_grads = self.batch_weight_grads, True
+        try:
+            yield
+        finally:
+            self.batch_weight_grads = previous
 
     def imagine_step(self, state: dict, action: torch.Tensor, uniform=None) -> dict:
         """One step of the dynamics without an observation: (s_t, a_t) -> prior s_{t+1}.
