@@ -247,15 +247,26 @@ class RSSM(nn.Module):
             flat(before["deter"]), flat(before["stoch"]), flat(prev_actions),
             flat(embed.detach()), flat(is_first), flat(uniform.transpose(0, 1)),
         )  # fmt: skip
-        outputs = (deter, logits.reshape(B * T, SC))
+        outputs = [deter, logits.reshape(B * T, SC)]
+        grads = [None] * T  # g_t, filled in by the probes' hooks during backward()
 
-        def weight_gradients(grads):  # once the g_t of all T steps are complete
-            if any(grad is None for grad in grads):
-                return  # a loss that does not depend on the loop
+        def weight_gradients():  # once the g_t of all T steps are in
             g = torch.stack(grads, 1).reshape(B * T, D + SC)  # (B * T, D + S * C)
-            torch.autograd.backward(outputs, (g[:, :D], g[:, D:]), retain_graph=True)
+            torch.autograd.backward(outputs, [g[:, :D], g[:, D:]])
+            outputs.clear()  # frees the batched pass: one backward per forward
+            grads[:] = [None] * T
 
-        torch.autograd.graph.register_multi_grad_hook(probes, weight_gradients)
+        def catch(t):
+            def hook(grad):
+                grads[t] = grad
+                if outputs and all(g is not None for g in grads):
+                    weight_gradients()
+
+            return hook
+
+        # Plain hooks that hold no reference to the probes, so nothing here outlives the step.
+        for t, probe in enumerate(probes):
+            probe.register_hook(catch(t))
         return states, post_logits
 
     @contextmanager
@@ -263,7 +274,8 @@ class RSSM(nn.Module):
         """Within: observe() takes the loop's weight gradients in one pass (filter_batched),
         as Dreamer.train_step does. Gradients then reach the weights through a hook that runs
         during backward(), not through the graph, so torch.autograd.grad cannot see them:
-        outside this context observe() builds the plain graph."""
+        outside this context observe() builds the plain graph, and the loss can be
+        backpropagated once (no retain_graph)."""
         previous, self.batch_weight_grads = self.batch_weight_grads, True
         try:
             yield

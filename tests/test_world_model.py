@@ -1,6 +1,7 @@
 """The world model: KL balancing with free bits, is_first resets, gradients of one step."""
 
 import contextlib
+import gc
 
 import numpy as np
 import pytest
@@ -163,6 +164,29 @@ def test_batched_weight_gradients_equal_the_step_by_step_ones(context):
         assert difference <= 1e-5 * scale, (name, difference.item(), scale.item())
     cell = "rssm.cell.hidden.0.weight"
     assert plain[cell].abs().sum() > 0  # the loop's weights did get a gradient
+
+
+def test_training_steps_leave_no_tensors_behind():
+    """The batched weight gradients hook into backward(); nothing of a step (its probes, its
+    batched pass) may outlive it, or memory grows by a graph per update. With the garbage
+    collector off, a reference cycle would keep every step's tensors."""
+    agent = Dreamer(VECTOR, 3, False, tiny_config())
+    batch = random_batch(VECTOR, 3, False)
+
+    def live_tensors() -> int:
+        return sum(isinstance(obj, torch.Tensor) for obj in gc.get_objects())
+
+    gc.collect()
+    gc.disable()
+    try:
+        agent.train_step(batch)
+        before = live_tensors()
+        for _ in range(3):
+            agent.train_step(batch)
+        after = live_tensors()
+    finally:
+        gc.enable()
+    assert after <= before, f"{after - before} tensors left behind by 3 training steps"
 
 
 def test_image_loss_is_a_summed_squared_error():
