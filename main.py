@@ -85,6 +85,7 @@ def train(config, resume, root: Path) -> int:
 
     try:
         trainer = Trainer(config, root=root)
+        trainer.claim()  # before reading or writing any of the run's files
         if resume:
             trainer.resume(resume)
         else:

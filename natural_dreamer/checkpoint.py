@@ -8,6 +8,7 @@ import errno
 import io
 import os
 import pickle
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,34 @@ def torch_to_numpy(tree):
 def suffix_of(gradient_steps: int) -> str:
     """The file suffix for a number of gradient steps: 10000 -> "10k", 50 -> "0.05k"."""
     return f"{gradient_steps / 1000:g}k"
+
+
+def claim_run(path: Path):
+    """Hold an exclusive lock on `path` (checkpoints/<run>.lock) for as long as this process
+    lives, so that two processes never train one run (their checkpoints and CSV rows would
+    interleave). The operating system drops the lock when the process ends, however it ends
+    (a crash, SIGKILL, the OOM killer), so a stale lock cannot block a later --resume.
+    Returns the open file (keep it); raises CheckpointError naming the process that holds it.
+    Where file locks do not exist (Windows) it returns None and guards nothing.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise CheckpointError(
+            f"run '{path.stem}' is being trained by {holder} right now: stop that one first "
+            "(SIGTERM saves 'latest'), or start another with --run_name NAME"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+    handle.flush()
+    return handle

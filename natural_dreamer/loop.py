@@ -31,6 +31,7 @@ from natural_dreamer import distributed
 from natural_dreamer.buffer import ReplayBuffer
 from natural_dreamer.checkpoint import (
     CheckpointError,
+    claim_run,
     load_checkpoint,
     numpy_to_torch,
     save_checkpoint,
@@ -121,6 +122,13 @@ class Trainer:
         self.saved_at = -1  # gradient steps at the last save
         self.logger = self.board = None  # the CSV and TensorBoard writers, while training
         self.stop_signal = 0  # SIGINT or SIGTERM received: stop after this policy step
+        self.lock = None  # checkpoints/<run>.lock while this process trains the run
+
+    def claim(self) -> None:
+        """Make this process the only one training the run (rank 0 holds the lock); a second
+        `main.py` on the same run name stops here with CheckpointError."""
+        if self.main and self.lock is None:
+            self.lock = claim_run(self.path("checkpoints", f"{self.run}.lock"))
 
     def build_collection(self, env) -> None:
         """The training environments, their replay buffer (one stream each), the collector,
@@ -168,6 +176,7 @@ class Trainer:
     def train(self) -> None:
         """Run until config.train.steps environment steps; Ctrl-C saves, then re-raises."""
         cfg = self.config.train
+        self.claim()
         distributed.barrier()  # every rank has checked for old outputs before rank 0 writes
         self.open_loggers()
         if self.main:
@@ -197,7 +206,8 @@ class Trainer:
     def close(self, quietly: bool = False) -> None:
         """Close the writers (the last plot), the loader and the environments. quietly: a
         failure is already on its way out, so a second one (a full disk) is not raised."""
-        for closer in (self.logger, self.board, self.loader, self.envs, self.eval_env):
+        closers = (self.logger, self.board, self.loader, self.envs, self.eval_env, self.lock)
+        for closer in closers:
             if closer is None:
                 continue
             try:
@@ -205,6 +215,7 @@ class Trainer:
             except OSError:
                 if not quietly:
                     raise
+        self.lock = None  # closing the file released the run
 
     def open_loggers(self) -> None:
         """The writers config.logger names ("csv", "tensorboard"), on rank 0 only."""

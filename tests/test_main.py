@@ -115,6 +115,31 @@ def test_resume_without_checkpoint_lists_existing(smoke_run):
     assert "0.05k" in result.stderr and "latest" in result.stderr
 
 
+def test_a_run_cannot_be_trained_by_two_processes_at_once(smoke_run, tmp_path):
+    """A second main.py on a run that another process is training stops before touching its
+    files; once the holder is gone (here: its lock file closed), --resume works again."""
+    import fcntl
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(smoke_run[0], out)
+    lock = out / "checkpoints" / "smoke_run.lock"
+    csv = out / "metrics" / "smoke_run.csv"
+    rows = csv.read_text()
+    with open(lock, "a+") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running trainer holds it
+        holder.truncate(0)
+        holder.write("process 12345 on somewhere")
+        holder.flush()
+        result = run_main("smoke", "--resume", "latest", outdir=out)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "is being trained by process 12345 on somewhere" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert csv.read_text() == rows  # nothing written
+    again = run_main("smoke", "--resume", "latest", "--max_steps", "1100", outdir=out)
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_stop_signal_saves_and_exits(tmp_path, sig, status):
     process = subprocess.Popen(
