@@ -171,7 +171,11 @@ class MLP(nn.Module):
         self.out_dim = units if layers > 0 else in_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        # As rows of a matrix: a strided 3-D input (a slice of imagined features) would
+        # otherwise reach the compiled graph as a batched product with the weight copied
+        # once per row (1024 x 2560 x 256 in bf16: 2.2 s per update on the 12m model).
+        rows = x.reshape(-1, x.shape[-1])  # (N, in_dim), copied only where x is strided
+        return self.net(rows).reshape(*x.shape[:-1], -1)  # (..., units)
 
 
 class ImageEncoder(nn.Module):

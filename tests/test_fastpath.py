@@ -10,7 +10,7 @@ from torch.profiler import ProfilerActivity, profile
 from natural_dreamer import Dreamer, fastpath, load_config
 from natural_dreamer.fastpath import choose_compile, choose_precision, planned_updates
 
-from conftest import IMAGE, random_batch
+from conftest import IMAGE, VECTOR, random_batch
 
 CPU = torch.device("cpu")
 
@@ -28,6 +28,26 @@ def test_a_small_image_agent_under_the_defaults_runs_no_reference_kernel():
     assert any("conv" in name for name in names)  # the convolutions were seen
     slow = sorted(name for name in names if "slow" in name or "reference" in name)
     assert not slow, f"reference kernels on the hot path (precision {agent.precision}): {slow}"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_heads_on_imagined_features_take_plain_matrix_products(precision):
+    """A strided 3-D input (feats[:, :-1]) reached torch.compile'd layers as a batched
+    product with the weight copied once per row: 2.2 s per 12m update in bf16, 0.5 s in
+    fp32. Block products have one batch entry per block (at most 8); nothing else may."""
+    overrides = {"compile": True, "precision": precision, "behavior.horizon": 3}
+    overrides |= {"world_model.batch_size": 4, "world_model.batch_length": 8}
+    config = load_config("smoke", overrides)
+    agent = Dreamer(VECTOR, 3, False, config)
+    batch = random_batch(VECTOR, 3, False, B=4, T=8)
+    agent.train_step(batch)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        agent.train_step(batch)
+    shapes = [e.input_shapes for e in prof.events() if e.name == "aten::bmm" and e.input_shapes]
+    assert shapes, "no block products seen"
+    blocks = agent.world_model.rssm.cell.gates.weight.shape[0]
+    wide = [shape for shape in shapes if shape[0][0] > blocks]
+    assert not wide, f"batched products over rows, with the weight copied per row: {wide[:3]}"
 
 
 def test_no_native_bf16_means_fp32_without_measuring(monkeypatch):
