@@ -83,6 +83,26 @@ def test_inspect_policy_reads_the_smoke_checkpoint(smoke_run):
     assert "imagined advantages" in out[7] and "max(1, S) 1.00" in out[7]
 
 
+def test_diagnose_walker_reads_a_checkpoint_and_its_csv(smoke_run):
+    """scripts/diagnose_walker.py on the smoke run (Pendulum: the bins are the walker's, the
+    sections and numbers must all be there)."""
+    checkpoint = smoke_run[0] / "checkpoints" / "smoke_run_0.1k.pth"
+    result = subprocess.run(
+        [sys.executable, "scripts/diagnose_walker.py", str(checkpoint), "--batches", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "1. Reward head on replayed states (896 states)" in out  # 16 x (64 - 8 burn-in)
+    for policy in ("actor mean", "actor samples", "2x std", "uniform"):
+        assert out.count(f"| {policy} |") == 2  # imagined and real
+    assert "Reward head along those episodes" in out and "correlation" in out
+    assert "From smoke_run.csv" in out and "| 600 |" in out  # the CSV's last training row
+
+
 def test_resume_continues_the_same_run(smoke_run, tmp_path):
     out = smoke_run[0]
     result = run_main("smoke", "--resume", "0.1k", "--max_steps", "1000", outdir=out)
