@@ -365,7 +365,9 @@ def test_a_full_disk_ends_in_one_line_and_the_run_resumes(small_disk):
     assert "Traceback" not in result.stderr and last.startswith("error: cannot write ")
     assert "No space left on device" in last and "MB free there" in last and "needs" in last
     checkpoints = sorted(p.name for p in (small_disk / "checkpoints").iterdir())
-    assert checkpoints == ["smoke_run.yml", "smoke_run_0.05k.pth", "smoke_run_latest.pth"]
+    # The run's lock (checkpoints/<run>.lock), its config, the last good checkpoint, no temp file.
+    expected = ["smoke_run.lock", "smoke_run.yml", "smoke_run_0.05k.pth", "smoke_run_latest.pth"]
+    assert checkpoints == expected
     rows = pd.read_csv(small_disk / "metrics" / "smoke_run.csv")["env_steps"].tolist()
     assert rows == [200, 400]
     # Once there is room again the run continues from its newest checkpoint.
