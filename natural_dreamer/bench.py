@@ -184,6 +184,19 @@ def host() -> str:
     return f"{model}; {'+'.join(native) if native else 'no native bf16 (AVX2 or less)'}"
 
 
+def configured_agent(config):
+    """The agent a config builds (its own spaces, precision and compile as `auto` chooses)
+    and a random batch shaped like its replay."""
+    env = make_env(config.env, seed=0)
+    agent = Dreamer(env.obs_space, env.action_size, env.discrete, config)
+    env.close()
+    wm = config.world_model
+    batch = random_batch(
+        env.obs_space, env.action_size, wm.batch_size, wm.batch_length, env.discrete
+    )
+    return agent, batch
+
+
 def table_user(names, repeats: int) -> None:
     """Each config as `python main.py NAME` runs it: seconds per update and the budget."""
     print(
@@ -193,13 +206,8 @@ def table_user(names, repeats: int) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         config = load_config(name)
-        env = make_env(config.env, seed=0)
-        agent = Dreamer(env.obs_space, env.action_size, env.discrete, config)
-        env.close()
+        agent, batch = configured_agent(config)
         wm = config.world_model
-        batch = random_batch(
-            env.obs_space, env.action_size, wm.batch_size, wm.batch_length, env.discrete
-        )
         start = time.perf_counter()
         for _ in range(2):
             agent.train_step(batch)

@@ -22,10 +22,8 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from natural_dreamer.bench import host, random_batch  # noqa: E402
+from natural_dreamer.bench import configured_agent, host  # noqa: E402
 from natural_dreamer.config import load_config  # noqa: E402
-from natural_dreamer.dreamer import Dreamer  # noqa: E402
-from natural_dreamer.envs import make_env  # noqa: E402
 from natural_dreamer.fastpath import use_heap_allocator  # noqa: E402
 
 
@@ -50,13 +48,8 @@ def main() -> None:
     args = parser.parse_args()
     use_heap_allocator()  # as main.py does
     config = load_config(args.config, parse_overrides(args.set))
-    env = make_env(config.env, seed=0)
-    agent = Dreamer(env.obs_space, env.action_size, env.discrete, config)
-    env.close()
+    agent, batch = configured_agent(config)
     wm = config.world_model
-    batch = random_batch(
-        env.obs_space, env.action_size, wm.batch_size, wm.batch_length, env.discrete
-    )
     start = time.perf_counter()
     for _ in range(args.warmup):
         agent.train_step(batch)

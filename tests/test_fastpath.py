@@ -101,3 +101,17 @@ def test_freed_buffers_stay_in_the_process():
     faults_of_one_buffer()
     pages = 16 * 2**20 // resource.getpagesize()
     assert faults_of_one_buffer() < pages // 10  # was every page (4k) again
+
+
+def test_the_user_table_times_a_config_as_it_runs(capsys):
+    """bench --tables user: one row per config with its own settings, its updates and the
+    projected time of its budget."""
+    from natural_dreamer import bench
+
+    bench.table_user(["smoke"], repeats=1)
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    name, preset, obs, shape, precision, compiled, warmup, seconds, updates, projected = cells
+    assert (name, preset, obs, shape) == ("smoke", "1m", "proprio", "4 x 16")
+    assert compiled == "off"  # 100 updates do not repay a compile
+    assert float(seconds) > 0 and updates == "100" and projected.endswith(("min", "h"))
