@@ -25,6 +25,17 @@ def run_main(*args, outdir, timeout=240):
     )
 
 
+def run_script(script, *args, timeout=240):
+    """Run one of scripts/ from the repository root, as a user would."""
+    return subprocess.run(
+        [sys.executable, f"scripts/{script}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def repository_files():
     """The repository's top level, and the smoke run's names in its output folders."""
     names = {p.name for p in ROOT.iterdir()}
@@ -68,13 +79,7 @@ def test_smoke_writes_every_output(smoke_run):
 
 def test_inspect_policy_reads_the_smoke_checkpoint(smoke_run):
     checkpoint = smoke_run[0] / "checkpoints" / "smoke_run_0.1k.pth"
-    result = subprocess.run(
-        [sys.executable, "scripts/inspect_policy.py", str(checkpoint), "--rows", "4"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    result = run_script("inspect_policy.py", str(checkpoint), "--rows", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout.splitlines()
     assert out[0].startswith("smoke_run_0.1k.pth: 600 env steps, 100 gradient steps")
@@ -87,13 +92,7 @@ def test_diagnose_walker_reads_a_checkpoint_and_its_csv(smoke_run):
     """scripts/diagnose_walker.py on the smoke run (Pendulum: the bins are the walker's, the
     sections and numbers must all be there)."""
     checkpoint = smoke_run[0] / "checkpoints" / "smoke_run_0.1k.pth"
-    result = subprocess.run(
-        [sys.executable, "scripts/diagnose_walker.py", str(checkpoint), "--batches", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    result = run_script("diagnose_walker.py", str(checkpoint), "--batches", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "1. Reward head on replayed states (896 states)" in out  # 16 x (64 - 8 burn-in)
