@@ -32,7 +32,7 @@ class Actor(nn.Module):
         init_weights(self)
         # Official outscale 0.01: the first policy is near uniform (discrete) or near mean 0
         # with the default std (continuous), whatever the features say.
-        scale_output(self.out, 0.01)
+        scale_output(self.out, config.behavior.actor_outscale)
 
     def forward(self, feat: torch.Tensor):
         x = self.out(self.mlp(feat)).float()

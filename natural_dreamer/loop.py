@@ -118,6 +118,7 @@ class Trainer:
         self.achievement_episodes, self.achievements = 0, collections.Counter()
         self.interval = collections.defaultdict(list)  # metrics since the last row
         self.wall_offset, self.start_time = 0.0, time.time()
+        self.eta_mark = None  # (wall seconds, env steps, gradient steps) at the last row
         self.next_checkpoint = config.train.checkpoint_every
         self.saved_at = -1  # gradient steps at the last save
         self.logger = self.board = None  # the CSV and TensorBoard writers, while training
@@ -337,6 +338,7 @@ class Trainer:
         stored = self.buffer.nbytes * len(self.buffer) / self.buffer.capacity
         row["memory/replay_mb"] = stored / 2**20
         row["wall_seconds"] = self.wall_offset + time.time() - self.start_time
+        eta = self.eta(row)
         self.interval.clear()
         for logger in (self.logger, self.board):
             if logger:
@@ -348,8 +350,22 @@ class Trainer:
                 f"return {row['return_last10']:.1f} | "
                 f"wm loss {'-' if loss is None else f'{loss:.2f}'} | "
                 f"rss {row['memory/resident_mb']:.0f} MB | "
-                f"{row['wall_seconds']:.0f}s"
+                f"{row['wall_seconds']:.0f}s | eta {eta}"
             )
+
+    def eta(self, row: dict) -> str:
+        """Time to the end of the budget at the pace of the last interval that trained: its
+        wall seconds per env step (updates, acting and logging together) times the env steps
+        left. "-" until an interval with gradient steps has passed (prefill is faster than
+        training and would promise too little); the first one includes the compile warm-up."""
+        mark = (row["wall_seconds"], self.env_steps, self.gradient_steps)
+        last, self.eta_mark = self.eta_mark, mark
+        if last is None or mark[2] == last[2] or mark[1] == last[1]:
+            return "-"
+        seconds = (mark[0] - last[0]) / (mark[1] - last[1]) * (self.config.train.steps - mark[1])
+        if seconds < 90:
+            return f"{seconds:.0f} s"
+        return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
     def save_and_evaluate(self, final: bool = False) -> None:
         """Checkpoint, then evaluate the policy's mode and write the videos.

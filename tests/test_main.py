@@ -77,6 +77,18 @@ def test_smoke_writes_every_output(smoke_run):
     assert frames.shape[0] == 201 and frames.shape[-1] == 3  # reset frame + 200 steps
 
 
+def test_each_log_line_projects_the_rest_of_the_run_at_the_last_intervals_pace(smoke_run):
+    # Rows at 200 (prefill ends), 400 and 600 env steps of a 600-step budget: no ETA while
+    # only prefill has been seen, then the last interval's seconds per env step times what
+    # is left (at 400: the 200 steps to come took about as long as the 200 just done).
+    lines = [line for line in smoke_run[1].stdout.splitlines() if " | env " in line]
+    assert [line.split(" | ")[1] for line in lines] == ["env 200", "env 400", "env 600"]
+    walls = [float(line.split(" | ")[6].rstrip("s")) for line in lines]
+    etas = [line.split(" | eta ")[1] for line in lines]
+    assert etas[0] == "-" and etas[2] == "0 s", etas
+    assert etas[1].endswith(" s") and abs(float(etas[1][:-2]) - (walls[1] - walls[0])) <= 1.0
+
+
 def test_inspect_policy_reads_the_smoke_checkpoint(smoke_run):
     checkpoint = smoke_run[0] / "checkpoints" / "smoke_run_0.1k.pth"
     result = run_script("inspect_policy.py", str(checkpoint), "--rows", "4")

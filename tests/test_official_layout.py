@@ -103,6 +103,9 @@ def test_output_layers_start_as_the_official_ones():
     assert abs(out.std().item() * fan**0.5 - 0.01) < 0.002  # outscale 0.01
     assert torch.all(agent.world_model.reward_head.out.weight == 0)
     assert torch.all(agent.behavior.critic.out.weight == 0)
+    # behavior.actor_outscale 1.0: the actor's output layer as every other layer
+    agent = Dreamer(VECTOR, 6, False, tiny_config(**{"behavior.actor_outscale": 1.0}))
+    assert abs(agent.behavior.actor.out.weight.std().item() * fan**0.5 - 1.0) < 0.2
 
 
 def test_image_decoder_normalises_and_activates_its_first_map():
