@@ -205,6 +205,21 @@ def load_config(name: str, overrides=None) -> AttrDict:
     return config
 
 
+def saved_config(saved: dict) -> AttrDict:
+    """The config a checkpoint was made with (its state["config"]), with every key added to
+    defaults.yml since then at its default: a new key's default is what the code did before
+    the key existed, so an older agent is rebuilt exactly as it was trained."""
+    config = yaml.safe_load(yaml.safe_dump(read_yaml(CONFIG_DIR / "defaults.yml")))
+    for key, value in flatten({k: v for k, v in saved.items() if k != "config_name"}).items():
+        *parents, leaf = key.split(".")
+        tree = config
+        for part in parents:
+            tree = tree.setdefault(part, {})
+        tree[leaf] = value
+    config["config_name"] = saved.get("config_name", "")
+    return AttrDict(config)
+
+
 # A run name (and a --resume suffix) becomes part of file names in the output folders, so it
 # is one path component of safe characters: no separator, no "..", nothing hidden.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

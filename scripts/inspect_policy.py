@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 from natural_dreamer.behavior import lambda_returns, task_reward  # noqa: E402
 from natural_dreamer.buffer import ReplayBuffer  # noqa: E402
 from natural_dreamer.checkpoint import load_checkpoint, torch_to_numpy  # noqa: E402
-from natural_dreamer.config import flatten, load_config  # noqa: E402
+from natural_dreamer.config import saved_config  # noqa: E402
 from natural_dreamer.dreamer import Dreamer  # noqa: E402
 from natural_dreamer.envs import make_env  # noqa: E402
 from natural_dreamer.rssm import RSSM  # noqa: E402
@@ -39,10 +39,8 @@ COLLAPSE_MARGIN = 1.5
 def load_run(path: Path):
     """The agent and replay buffer of a checkpoint, built eagerly on the CPU."""
     state = load_checkpoint(path)
-    saved = dict(state["config"])
-    name = saved.pop("config_name")
-    overrides = {**flatten(saved), "compile": False, "device": "cpu"}
-    config = load_config(name, overrides)
+    config = saved_config(state["config"])
+    config.compile, config.device = False, "cpu"
     env = make_env(config.env, seed=config.seed)
     agent = Dreamer(env.obs_space, env.action_size, env.discrete, config, "cpu")
     agent.load_state_dict(state["agent"])

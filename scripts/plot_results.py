@@ -30,6 +30,7 @@ def main() -> None:
     if args.labels is not None and len(args.labels) != len(args.csv):
         parser.error(f"{len(args.csv)} CSV files but {len(args.labels)} --labels")
 
+    many = len(args.csv) > 2  # then the legend goes below the axes, where it hides no curve
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     if len(args.csv) == 1:
         plot_one(ax, args.csv[0], args.title)
@@ -46,10 +47,14 @@ def main() -> None:
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out)
+    if many:  # below the axes; the saved image grows to hold it
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+        fig.savefig(args.out, bbox_inches="tight")
+    else:
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(args.out)
     print(f"wrote {args.out}")
 
 

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from natural_dreamer import AttrDict, ConfigError, load_config
-from natural_dreamer.config import available_configs, flatten, save_config
+from natural_dreamer.config import available_configs, flatten, save_config, saved_config
 
 
 def test_every_config_loads():
@@ -140,3 +140,13 @@ def test_values_at_the_ends_of_a_range_are_accepted():
     config = load_config("smoke", {"model.unimix": 0.0, "behavior.lambda_": 1, "seed": 0})
     assert config.model.unimix == 0.0 and config.behavior.lambda_ == 1.0
     assert load_config("smoke", {"compile": "true"}).compile is True
+
+
+def test_a_checkpoints_config_gets_the_keys_added_since_at_their_defaults():
+    saved = load_config("pendulum", {"seed": 3}).to_dict()
+    del saved["behavior"]["actor_outscale"]  # as in a checkpoint older than the key
+    config = saved_config(saved)
+    assert config.behavior.actor_outscale == 0.01  # the default: what older code did
+    assert config.seed == 3 and config.config_name == "pendulum"
+    assert config.behavior.replay_value_grad is False  # what the run was trained with
+    assert config.to_dict() == load_config("pendulum", {"seed": 3}).to_dict()

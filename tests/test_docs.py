@@ -43,13 +43,14 @@ def test_the_readme_links_only_to_files_that_exist():
 def test_the_shipped_agent_of_chapter_8_loads_safely():
     import torch
 
-    from natural_dreamer import AttrDict, Dreamer
+    from natural_dreamer import Dreamer
+    from natural_dreamer.config import saved_config
     from natural_dreamer.envs import make_env
 
     path = ROOT / "notebooks" / "assets" / "pendulum_1m_seed0.pth"
     assert path.stat().st_size < 5 * 2**20  # small enough to ship
     state = torch.load(path, weights_only=True)
-    config = AttrDict(state["config"])
+    config = saved_config(state["config"])  # made before behavior.actor_outscale existed
     assert config.config_name == "pendulum" and config.seed == 0
     assert state["counters"]["env_steps"] == 20_000
     env = make_env(config.env, seed=0)
