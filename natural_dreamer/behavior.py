@@ -30,8 +30,8 @@ class Actor(nn.Module):
         self.mlp = MLP(feat_dim, sizes["units"], sizes["mlp_layers"])
         self.out = nn.Linear(self.mlp.out_dim, action_size * (1 if discrete else 2))
         init_weights(self)
-        # Official outscale 0.01: the first policy is near uniform (discrete) or near mean 0
-        # with the default std (continuous), whatever the features say.
+        # behavior.actor_outscale, official 0.01: the first policy is near uniform (discrete)
+        # or near mean 0 with the default std (continuous), whatever the features say.
         scale_output(self.out, config.behavior.actor_outscale)
 
     def forward(self, feat: torch.Tensor):

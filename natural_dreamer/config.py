@@ -209,13 +209,11 @@ def saved_config(saved: dict) -> AttrDict:
     """The config a checkpoint was made with (its state["config"]), with every key added to
     defaults.yml since then at its default: a new key's default is what the code did before
     the key existed, so an older agent is rebuilt exactly as it was trained."""
-    config = yaml.safe_load(yaml.safe_dump(read_yaml(CONFIG_DIR / "defaults.yml")))
+    defaults_tree = read_yaml(CONFIG_DIR / "defaults.yml")
+    defaults = flatten(defaults_tree)
+    config = yaml.safe_load(yaml.safe_dump(defaults_tree))  # a deep copy
     for key, value in flatten({k: v for k, v in saved.items() if k != "config_name"}).items():
-        *parents, leaf = key.split(".")
-        tree = config
-        for part in parents:
-            tree = tree.setdefault(part, {})
-        tree[leaf] = value
+        set_key(config, key, value, defaults, "the checkpoint's config")
     config["config_name"] = saved.get("config_name", "")
     return AttrDict(config)
 
