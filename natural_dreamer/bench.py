@@ -35,7 +35,7 @@ from natural_dreamer.buffer import ReplayBuffer
 from natural_dreamer.config import available_configs, load_config
 from natural_dreamer.dreamer import Dreamer
 from natural_dreamer.envs import make_env
-from natural_dreamer.fastpath import cpu_flags, native_bf16, planned_updates
+from natural_dreamer.fastpath import cpu_flags, native_bf16, planned_updates, use_heap_allocator
 
 OBS = {"vector": {"vector": ((24,), np.float32)}, "image": {"image": ((64, 64, 3), np.uint8)}}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -315,7 +315,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.presets, args.repeats = ["1m"], 3
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {host()}")
+    heap = use_heap_allocator()  # as main.py runs: freed buffers stay in the process
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {host()}, "
+        f"freed memory kept for reuse: {'yes' if heap else 'no (not glibc)'}"
+    )
     for table in args.tables:
         print(f"\n## {table}\n")
         if table == "user":

@@ -3,15 +3,20 @@
     python scripts/profile_step.py walker_walk_proprio            # its own settings
     python scripts/profile_step.py walker_walk_proprio --set compile=false precision=fp32
     python scripts/profile_step.py pendulum --steps 3 --rows 25
+    python scripts/profile_step.py walker_walk_proprio --kernels   # compiled kernels one by one
 
 Builds the agent the config describes (precision and compile as `auto` chooses them here,
 unless --set overrides them), trains it on a random batch shaped like replay until warm
 (compiled graphs built), then records --steps steps with torch.profiler and prints: seconds
 per step, operators dispatched per step, and the operators with the most self CPU time.
+--kernels also times each C++ kernel torch.compile generates (inductor's kernel profile, set
+before the first graph is built) and sums the step's time by kind: generated kernels,
+matrix products, copies, other operators, and the rest (graph calls, autograd, Python).
 Run it on an idle machine, or with OMP_NUM_THREADS=1 beside another torch process.
 """
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -37,6 +42,56 @@ def parse_overrides(pairs: list) -> dict:
     return overrides
 
 
+MATRIX_PRODUCTS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution"}
+KINDS = (
+    "generated kernels",
+    "matrix products",
+    "copies and casts",
+    "other operators",
+    "the rest (graph calls, autograd, Python)",
+)
+
+
+def kind(name: str) -> str:
+    """Which of KINDS a profiler event's self time belongs to."""
+    if re.match(r"graph_\d+_cpp_fused", name) or name.startswith("cpp_fused"):
+        return KINDS[0]
+    if name in MATRIX_PRODUCTS or name.startswith(("aten::_convolution", "mkldnn")):
+        return KINDS[1]
+    if name in ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous"):
+        return KINDS[2]
+    return KINDS[3] if name.startswith("aten::") else KINDS[4]
+
+
+def time_by_kind(events, steps: int) -> list:
+    """[(kind, ms per step, share of the self time, calls per step)] over `events` (objects
+    with .key, .self_cpu_time_total in us and .count), in KINDS order."""
+    totals = {name: [0.0, 0] for name in KINDS}
+    for event in events:
+        total = totals[kind(event.key)]
+        total[0] += event.self_cpu_time_total
+        total[1] += event.count
+    whole = sum(us for us, _ in totals.values()) or 1.0
+    return [
+        (name, us / 1e3 / steps, us / whole, calls / steps) for name, (us, calls) in totals.items()
+    ]
+
+
+def print_kernels(events, steps: int, rows: int) -> None:
+    print(f"{'self CPU time by kind':42s} {'ms/step':>9s} {'share':>7s} {'calls/step':>11s}")
+    for name, ms, share, calls in time_by_kind(events, steps):
+        print(f"{name:42s} {ms:9.1f} {share:7.1%} {calls:11,.0f}")
+    kernels = [event for event in events if kind(event.key) == KINDS[0]]
+    kernels.sort(key=lambda event: -event.self_cpu_time_total)
+    print(f"\nthe {min(rows, len(kernels))} dearest generated kernels (named by the ops fused):")
+    for event in kernels[:rows]:
+        per_call = event.self_cpu_time_total / max(event.count, 1) / 1e3
+        print(
+            f"{event.self_cpu_time_total / 1e3 / steps:8.1f} ms/step {event.count / steps:6.0f} "
+            f"calls {per_call:8.3f} ms/call  {event.key[:100]}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config")
@@ -45,7 +100,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="steps profiled")
     parser.add_argument("--rows", type=int, default=20, help="operators listed")
     parser.add_argument("--shapes", action="store_true", help="group operators by input shape")
+    parser.add_argument(
+        "--kernels", action="store_true", help="time compiled kernels one by one, sum by kind"
+    )
     args = parser.parse_args()
+    if args.kernels:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True  # before any graph is compiled
     use_heap_allocator()  # as main.py does
     config = load_config(args.config, parse_overrides(args.set))
     agent, batch = configured_agent(config)
@@ -75,6 +137,10 @@ def main() -> None:
     print(
         events.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40)
     )
+    if args.kernels:
+        if not agent.compiled:
+            print("--kernels: this agent is not compiled, so no generated kernels to time")
+        print_kernels(events, args.steps, args.rows)
 
 
 if __name__ == "__main__":

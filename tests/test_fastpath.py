@@ -115,3 +115,58 @@ def test_the_user_table_times_a_config_as_it_runs(capsys):
     assert (name, preset, obs, shape) == ("smoke", "1m", "proprio", "4 x 16")
     assert compiled == "off"  # 100 updates do not repay a compile
     assert float(seconds) > 0 and updates == "100" and projected.endswith(("min", "h"))
+
+
+def load_profile_step():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py"
+    spec = importlib.util.spec_from_file_location("profile_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_step_sums_the_time_of_compiled_kernels_products_and_the_rest_by_kind():
+    """profile_step --kernels: each event goes to one kind (names as torch 2.13's profiler
+    records them with inductor's kernel profile on), and the kinds add up to the whole."""
+    from types import SimpleNamespace as Event
+
+    profile_step = load_profile_step()
+    events = [  # (key, self time in microseconds, calls) over 2 profiled steps
+        ("graph_8_cpp_fused__to_copy_exp_log_logsumexp_sub_view_11", 6000, 28),
+        ("graph_2_cpp_fused__to_copy__unsafe_view_clone_slice_transpose_4", 2000, 126),
+        ("aten::addmm", 5000, 1000),
+        ("aten::bmm", 3000, 500),
+        ("aten::copy_", 1000, 4000),
+        ("aten::mul", 2000, 1200),
+        ("## Call CompiledFxGraph fpblq5rcj5cte ##", 1000, 140),
+        ("TorchDynamo Cache Lookup", 0, 180),
+    ]
+    events = [Event(key=k, self_cpu_time_total=us, count=n) for k, us, n in events]
+    rows = {name: rest for name, *rest in profile_step.time_by_kind(events, 2)}
+    assert list(rows) == list(profile_step.KINDS)
+    assert rows["generated kernels"] == [4.0, 8000 / 20000, 77]
+    assert rows["matrix products"] == [4.0, 8000 / 20000, 750]
+    assert rows["copies and casts"] == [0.5, 1000 / 20000, 2000]
+    assert rows["other operators"] == [1.0, 2000 / 20000, 600]
+    assert rows["the rest (graph calls, autograd, Python)"] == [0.5, 1000 / 20000, 160]
+    assert sum(share for _, share, _ in rows.values()) == pytest.approx(1.0)
+
+
+def test_profile_step_kernels_on_an_eager_agent_says_there_are_none_and_still_sums(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "scripts/profile_step.py", "smoke", "--set", "compile=false"]
+    command += ["--kernels", "--steps", "1", "--warmup", "1", "--rows", "3"]
+    out = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "compile off" in out.stdout and "not compiled, so no generated kernels" in out.stdout
+    lines = {line[:42].strip(): line[42:].split() for line in out.stdout.splitlines()}
+    assert float(lines["generated kernels"][0]) == 0.0  # ms/step
+    assert float(lines["matrix products"][0]) > 0.0
+    assert float(lines["other operators"][0]) > 0.0
