@@ -5,6 +5,8 @@ compared in one PNG (the mean of the last 10 training episodes and the evaluatio
         --out docs/figures/pendulum.png
     python scripts/plot_results.py metrics/a.csv metrics/b.csv --labels greedy plan2explore \
         --out docs/figures/compare.png
+    python scripts/plot_results.py metrics/walker.csv --reference 50000:289 100000:475 \
+        --reference_label "official, 5 seeds" --out docs/figures/walker.png
 """
 
 import argparse
@@ -26,9 +28,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--target", type=float, default=None, help="draw the target return")
     parser.add_argument("--title", default=None)
+    parser.add_argument(
+        "--reference", nargs="+", default=[], metavar="STEPS:RETURN",
+        help="points of another agent's curve to draw beside this one, e.g. 50000:289",
+    )  # fmt: skip
+    parser.add_argument("--reference_label", default="reference")
     args = parser.parse_args()
     if args.labels is not None and len(args.labels) != len(args.csv):
         parser.error(f"{len(args.csv)} CSV files but {len(args.labels)} --labels")
+    try:
+        reference = [parse_point(text) for text in args.reference]
+    except ValueError as error:
+        parser.error(str(error))
 
     many = len(args.csv) > 2  # then the legend goes below the axes, where it hides no curve
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -44,6 +55,12 @@ def main() -> None:
             linewidth=1,
             label=f"target {args.target:g}",
         )
+    if reference:
+        steps, returns = zip(*sorted(reference), strict=True)
+        ax.plot(
+            steps, returns, color="tab:purple", linestyle=":", marker="D", markersize=6,
+            markeredgecolor="k", label=args.reference_label,
+        )  # fmt: skip
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
     ax.grid(alpha=0.3)
@@ -56,6 +73,16 @@ def main() -> None:
         fig.tight_layout()
         fig.savefig(args.out)
     print(f"wrote {args.out}")
+
+
+def parse_point(text: str) -> tuple:
+    """Parse "50000:289" into (50000.0, 289.0); anything else is a ValueError saying why."""
+    steps, colon, value = text.partition(":")
+    try:
+        return float(steps), float(value if colon else "missing")
+    except ValueError:
+        message = f"--reference takes STEPS:RETURN pairs such as 50000:289, not {text!r}"
+        raise ValueError(message) from None
 
 
 def plot_one(ax, path: Path, title: str | None) -> None:
