@@ -87,6 +87,21 @@ class BatchLoader:
             self.buffer.set_sampler_state(self.state_before_pending)
             self.pending = None
 
+    @contextlib.contextmanager
+    def rewound(self):
+        """Within: the sampler reads as it was before the batch being prepared, which stays
+        (a save that must not change the run making it)."""
+        if not self.pending:
+            yield
+            return
+        self.pending.result()
+        now = self.buffer.sampler_state()
+        self.buffer.set_sampler_state(self.state_before_pending)
+        try:
+            yield
+        finally:
+            self.buffer.set_sampler_state(now)
+
     def close(self) -> None:
         if self.pool:
             self.pool.shutdown(wait=True)

@@ -5,6 +5,7 @@
         one policy step in each environment (stored in the replay buffer)
         gradient steps, as many as train_ratio asks for
         every log_every env steps: a metrics row; every checkpoint_every updates: save + eval
+        every save_minutes of wall time, between those: <run>_latest.pth at an episode's end
 
 train_ratio counts replayed steps (B * T) per policy step, as in the paper: at 512 with
 B * T = 1024 there is one gradient step every 2 policy steps (4 env steps at action repeat 2).
@@ -68,7 +69,14 @@ OUTPUT_FOLDERS = ("metrics", "plots", "checkpoints", "videos")
 
 # Keys that may differ between a checkpoint's config and a resumed run's: the budget, where
 # metrics go, and how the machine computes (a run may move between hosts and devices).
-RESUMABLE_CHANGES = {"train.steps", "device", "logger", "compile", "precision"}
+RESUMABLE_CHANGES = {
+    "train.steps",
+    "train.save_minutes",
+    "device",
+    "logger",
+    "compile",
+    "precision",
+}
 
 
 class StopRequest(Exception):  # noqa: N818 (a signal, not an error)
@@ -120,7 +128,8 @@ class Trainer:
         self.wall_offset, self.start_time = 0.0, time.time()
         self.eta_mark = None  # (wall seconds, env steps, gradient steps) at the last row
         self.next_checkpoint = config.train.checkpoint_every
-        self.saved_at = -1  # gradient steps at the last save
+        self.saved_at = -1  # gradient steps at the last numbered checkpoint
+        self.saved_time = time.time()  # wall clock of the last save of any kind
         self.logger = self.board = None  # the CSV and TensorBoard writers, while training
         self.stop_signal = 0  # SIGINT or SIGTERM received: stop after this policy step
         self.lock = None  # checkpoints/<run>.lock while this process trains the run
@@ -276,6 +285,8 @@ class Trainer:
         if done or (finished and self.gradient_steps >= self.next_checkpoint):
             # Saving at an episode boundary lets a resumed run start exactly where this left.
             self.save_and_evaluate(final=done)
+        elif finished and self.main and self.save_due():
+            self.save("latest", between=True)
         before = self.env_steps - new_steps * self.action_repeat
         if done or self.env_steps // cfg.log_every > before // cfg.log_every:  # crossed a row
             self.log_row()
@@ -460,12 +471,30 @@ class Trainer:
             "config": self.config.to_dict(),
         }
 
-    def save(self, suffix: str) -> Path:
-        self.loader.drop()  # a batch sampled ahead is not part of the saved state
-        self.saved_at = self.gradient_steps
+    def save_due(self) -> bool:
+        """Whether train.save_minutes have passed since the last save of any kind."""
+        minutes = self.config.train.save_minutes
+        return minutes > 0 and time.time() - self.saved_time >= 60 * minutes
+
+    def save(self, suffix: str, between: bool = False) -> Path:
+        """Write checkpoints/<run>_<suffix>.pth; a numbered one becomes latest too.
+
+        A checkpoint forgets the batch sampled ahead (on a GPU) and rewinds the sampler, so
+        the run resumed from it and the run that saved it go on alike. between: a save of
+        latest between checkpoints (every train.save_minutes of wall time). When it falls
+        depends on the machine's speed, so it must not change the run making it: the batch
+        sampled ahead stays, and the file holds the sampler as it was before that batch.
+        """
+        self.saved_time = time.time()
         path = self.path("checkpoints", f"{self.run}_{suffix}.pth")
         latest = self.path("checkpoints", f"{self.run}_latest.pth")
-        save_checkpoint(self.state_dict(), path, latest=None if suffix == "latest" else latest)
+        if between:
+            with self.loader.rewound():
+                save_checkpoint(self.state_dict(), path)
+        else:
+            self.loader.drop()
+            self.saved_at = self.gradient_steps
+            save_checkpoint(self.state_dict(), path, latest=None if suffix == "latest" else latest)
         if not self.quiet:
             tqdm.write(f"saved {path}")
         return path

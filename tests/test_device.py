@@ -68,6 +68,23 @@ def test_sampling_ahead_gives_the_batches_of_sampling_in_place():
     ahead.close()
 
 
+def test_a_save_between_checkpoints_keeps_the_batch_sampled_ahead():
+    """rewound(): the sampler reads as before the batch being prepared (what the file holds),
+    and afterwards the run goes on with that very batch, as if nothing had been saved."""
+    now = BatchLoader(filled_buffer(), 4, 8, "cpu")
+    ahead = BatchLoader(filled_buffer(), 4, 8, "cpu", ahead=True)
+    now.next(), ahead.next()
+    ahead.wait()
+    before = now.buffer.sampler_state()  # the sampler in place has not drawn the next one yet
+    with ahead.rewound():
+        assert ahead.buffer.sampler_state() == before
+    assert ahead.buffer.sampler_state() != before  # the batch drawn ahead is still drawn
+    for _ in range(2):
+        a, b = now.next(), ahead.next()
+        assert all(torch.equal(a[key], b[key]) for key in a)
+    ahead.close()
+
+
 def test_to_device_keeps_values():
     batch = random_batch(MIXED, 2, False)
     tensors = to_device(batch, torch.device("cpu"))

@@ -190,6 +190,37 @@ def test_a_stop_signal_saves_and_exits(tmp_path, sig, status):
     assert "--resume latest" in stderr
 
 
+def test_a_killed_run_resumes_from_the_latest_saved_every_save_minutes(tmp_path):
+    """SIGKILL (the kernel's out-of-memory killer, a power cut) runs no handler, so what
+    survives is what was saved: train.save_minutes saves latest at an episode's end between
+    checkpoints, and the run resumes from it."""
+    import torch
+
+    args = ["--max_steps", "100000", "--train.checkpoint_every", "100000"]  # no checkpoint
+    args += ["--train.save_minutes", "0.001"]  # at every episode's end
+    process = subprocess.Popen(
+        [sys.executable, "main.py", "smoke", "--outdir", str(tmp_path), *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    csv = tmp_path / "metrics" / "smoke_run.csv"
+    while time.time() < deadline and not (csv.exists() and csv.read_text().count("\n") >= 4):
+        time.sleep(0.5)
+    process.kill()
+    process.communicate(timeout=60)
+    assert not list((tmp_path / "checkpoints").glob("smoke_run_[0-9]*.pth"))
+    state = torch.load(tmp_path / "checkpoints" / "smoke_run_latest.pth", weights_only=True)
+    steps = state["counters"]["env_steps"]
+    assert steps >= 400 and steps % 200 == 0  # training had begun; at an episode's end
+    assert state["counters"]["gradient_steps"] > 0
+    args = ["--resume", "latest", "--max_steps", str(steps + 200), "--train.checkpoint_every"]
+    result = run_main("smoke", *args, "100000", outdir=tmp_path)  # save_minutes may change
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_dmc_pixels_run_a_few_steps_with_dream_video(tmp_path):
     args = [
         "walker_walk",
