@@ -69,6 +69,10 @@ OUTPUT_FOLDERS = ("metrics", "plots", "checkpoints", "videos")
 
 # Keys that may differ between a checkpoint's config and a resumed run's: the budget, where
 # metrics go, and how the machine computes (a run may move between hosts and devices).
+# Updates after a start (the end of prefill, or a resume) that the ETA leaves out: the
+# first ones build torch.compile's graphs (a minute or more), which the rest never repeat.
+ETA_WARMUP_UPDATES = 3
+
 RESUMABLE_CHANGES = {
     "train.steps",
     "train.save_minutes",
@@ -127,6 +131,7 @@ class Trainer:
         self.interval = collections.defaultdict(list)  # metrics since the last row
         self.wall_offset, self.start_time = 0.0, time.time()
         self.eta_mark = None  # (wall seconds, env steps, gradient steps) at the last row
+        self.first_update = 0  # gradient steps when train() began (after a resume: more)
         self.next_checkpoint = config.train.checkpoint_every
         self.saved_at = -1  # gradient steps at the last numbered checkpoint
         self.saved_time = time.time()  # wall clock of the last save of any kind
@@ -186,6 +191,7 @@ class Trainer:
     def train(self) -> None:
         """Run until config.train.steps environment steps; Ctrl-C saves, then re-raises."""
         cfg = self.config.train
+        self.first_update = self.gradient_steps
         self.claim()
         distributed.barrier()  # every rank has checked for old outputs before rank 0 writes
         self.open_loggers()
@@ -331,6 +337,8 @@ class Trainer:
                 )
             self.interval[key].append(value)
         self.gradient_steps += 1
+        if self.gradient_steps == self.first_update + ETA_WARMUP_UPDATES:  # warm from here
+            self.eta_mark = (self.wall_seconds(), self.env_steps, self.gradient_steps)
 
     def log_row(self, extra: dict | None = None) -> None:
         """Write one metrics row: counters, means over the interval, and wall time."""
@@ -348,7 +356,7 @@ class Trainer:
         row["memory/resident_mb"] = resident_mb()
         stored = self.buffer.nbytes * len(self.buffer) / self.buffer.capacity
         row["memory/replay_mb"] = stored / 2**20
-        row["wall_seconds"] = self.wall_offset + time.time() - self.start_time
+        row["wall_seconds"] = self.wall_seconds()
         eta = self.eta(row)
         self.interval.clear()
         for logger in (self.logger, self.board):
@@ -364,11 +372,16 @@ class Trainer:
                 f"{row['wall_seconds']:.0f}s | eta {eta}"
             )
 
+    def wall_seconds(self) -> float:
+        """Seconds the run has trained, over every sitting."""
+        return self.wall_offset + time.time() - self.start_time
+
     def eta(self, row: dict) -> str:
         """Time to the end of the budget at the pace of the last interval that trained: its
         wall seconds per env step (updates, acting and logging together) times the env steps
         left. "-" until an interval with gradient steps has passed (prefill is faster than
-        training and would promise too little); the first one includes the compile warm-up."""
+        training and would promise too little). After a start the interval begins at the
+        ETA_WARMUP_UPDATES-th update, so the compile warm-up does not inflate the first ETA."""
         mark = (row["wall_seconds"], self.env_steps, self.gradient_steps)
         last, self.eta_mark = self.eta_mark, mark
         if last is None or mark[2] == last[2] or mark[1] == last[1]:
@@ -458,7 +471,7 @@ class Trainer:
                 "train_policy_steps": self.train_policy_steps,
                 "episodes": list(self.collector.episodes),  # of each environment
                 "next_checkpoint": self.next_checkpoint,
-                "wall_seconds": self.wall_offset + time.time() - self.start_time,
+                "wall_seconds": self.wall_seconds(),
                 "returns": list(self.returns),
                 "achievement_episodes": self.achievement_episodes,
                 "achievements": dict(self.achievements),
