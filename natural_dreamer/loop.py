@@ -67,12 +67,13 @@ from natural_dreamer.video import side_by_side, write_video
 # The folders under the output root (--outdir) that a run writes into, and nothing else.
 OUTPUT_FOLDERS = ("metrics", "plots", "checkpoints", "videos")
 
-# Keys that may differ between a checkpoint's config and a resumed run's: the budget, where
-# metrics go, and how the machine computes (a run may move between hosts and devices).
 # Updates after a start (the end of prefill, or a resume) that the ETA leaves out: the
 # first ones build torch.compile's graphs (a minute or more), which the rest never repeat.
 ETA_WARMUP_UPDATES = 3
 
+# Keys that may differ between a checkpoint's config and a resumed run's: the budget, how
+# often it saves, where metrics go, and how the machine computes (a run may move between
+# hosts and devices).
 RESUMABLE_CHANGES = {
     "train.steps",
     "train.save_minutes",
