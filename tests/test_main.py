@@ -198,18 +198,25 @@ def test_a_run_cannot_be_trained_by_two_processes_at_once(smoke_run, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
 
 
-@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_stop_signal_saves_and_exits(tmp_path, sig, status):
+def smoke_in_background(outdir, *args, rows: int):
+    """`main.py smoke` in a process of its own, returned once its CSV holds `rows` rows."""
     process = subprocess.Popen(
-        [sys.executable, "main.py", "smoke", "--outdir", str(tmp_path), "--max_steps", "100000"],
+        [sys.executable, "main.py", "smoke", "--outdir", str(outdir), *args],
         cwd=ROOT,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     deadline = time.time() + 120
-    csv = tmp_path / "metrics" / "smoke_run.csv"
-    while time.time() < deadline and not (csv.exists() and csv.read_text().count("\n") >= 3):
+    csv = outdir / "metrics" / "smoke_run.csv"
+    while time.time() < deadline and not (csv.exists() and csv.read_text().count("\n") > rows):
         time.sleep(0.5)
+    return process
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_saves_and_exits(tmp_path, sig, status):
+    process = smoke_in_background(tmp_path, "--max_steps", "100000", rows=2)
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == status, stderr[-2000:]
@@ -225,17 +232,7 @@ def test_a_killed_run_resumes_from_the_latest_saved_every_save_minutes(tmp_path)
 
     args = ["--max_steps", "100000", "--train.checkpoint_every", "100000"]  # no checkpoint
     args += ["--train.save_minutes", "0.001"]  # at every episode's end
-    process = subprocess.Popen(
-        [sys.executable, "main.py", "smoke", "--outdir", str(tmp_path), *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 120
-    csv = tmp_path / "metrics" / "smoke_run.csv"
-    while time.time() < deadline and not (csv.exists() and csv.read_text().count("\n") >= 4):
-        time.sleep(0.5)
+    process = smoke_in_background(tmp_path, *args, rows=3)
     process.kill()
     process.communicate(timeout=60)
     assert not list((tmp_path / "checkpoints").glob("smoke_run_[0-9]*.pth"))
