@@ -18,6 +18,9 @@ envs     environment steps per second of collection under random actions: DMC wa
          pixels (default and fast rendering) and proprio, Gymnasium CartPole.
 memory   replay bytes per stored step, and this process's peak resident memory.
 
+On a machine with CUDA the agents and the peak's products run on the GPU (device "auto", as
+in a training run), and every timer waits for the GPU's work to finish.
+
 Batches are random data shaped like replay (batch 16 x 64, horizon 15 unless a table says
 otherwise). Run it on an idle machine: two torch processes sharing 2 cores slow each other
 down many times over.
@@ -36,6 +39,7 @@ from natural_dreamer.config import available_configs, load_config
 from natural_dreamer.dreamer import Dreamer
 from natural_dreamer.envs import make_env
 from natural_dreamer.fastpath import cpu_flags, native_bf16, planned_updates, use_heap_allocator
+from natural_dreamer.utils import pick_device
 
 OBS = {"vector": {"vector": ((24,), np.float32)}, "image": {"image": ((64, 64, 3), np.uint8)}}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -65,11 +69,23 @@ def random_batch(obs_space: dict, action_size: int, B: int, T: int, discrete=Fal
     return batch
 
 
+# The agents here take the config's device, "auto": CUDA where present, else the CPU.
+DEVICE = pick_device("auto")
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work, so a timer sees it done (nothing to do on a CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def median_seconds(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
@@ -85,7 +101,7 @@ def make_agent(preset: str, obs: str, precision: str, B=16, T=64, H=15, compiled
         "behavior.horizon": H,
     }
     config = load_config("smoke", overrides)
-    return Dreamer(OBS[obs], 6, False, config), random_batch(OBS[obs], 6, B, T)
+    return Dreamer(OBS[obs], 6, False, config, DEVICE), random_batch(OBS[obs], 6, B, T)
 
 
 def step_seconds(preset, obs, precision, repeats: int, B=16, T=64, compiled=False) -> float:
@@ -146,8 +162,8 @@ def matmul_peak(precision: str, sizes=(1024, 2048, 4096), repeats: int = 5) -> f
     ceiling (the best of a few sizes, so the fraction of peak is not flattered)."""
     best = 0.0
     for size in sizes:
-        a = torch.randn(size, size, dtype=DTYPES[precision])
-        b = torch.randn(size, size, dtype=DTYPES[precision])
+        a = torch.randn(size, size, dtype=DTYPES[precision], device=DEVICE)
+        b = torch.randn(size, size, dtype=DTYPES[precision], device=DEVICE)
         torch.mm(a, b)
         seconds = median_seconds(lambda a=a, b=b: torch.mm(a, b), repeats)
         best = max(best, 2 * size**3 / seconds)
@@ -181,14 +197,17 @@ def host() -> str:
         "unknown CPU",
     )
     native = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-    return f"{model}; {'+'.join(native) if native else 'no native bf16 (AVX2 or less)'}"
+    cpu = f"{model}; {'+'.join(native) if native else 'no native bf16 (AVX2 or less)'}"
+    return f"{torch.cuda.get_device_name(DEVICE)} (timed), {cpu}" if DEVICE.type == "cuda" else cpu
 
 
 def configured_agent(config):
     """The agent a config builds (its own spaces, precision and compile as `auto` chooses)
     and a random batch shaped like its replay."""
     env = make_env(config.env, seed=0)
-    agent = Dreamer(env.obs_space, env.action_size, env.discrete, config)
+    agent = Dreamer(
+        env.obs_space, env.action_size, env.discrete, config, pick_device(config.device)
+    )
     env.close()
     wm = config.world_model
     batch = random_batch(
@@ -225,9 +244,9 @@ def table_user(names, repeats: int) -> None:
 
 
 def table_steps(presets, observations, precisions, modes, repeats: int) -> None:
-    if "bf16" in precisions and not native_bf16(torch.device("cpu"))[0]:
+    if "bf16" in precisions and not native_bf16(DEVICE)[0]:
         # Without native bf16 every bf16 product runs reference loops: minutes per row.
-        print("bf16 rows left out: this CPU has no native bf16 (fp32 is what auto picks)")
+        print(f"bf16 rows left out: this {DEVICE.type} has no native bf16 (auto picks fp32)")
         precisions = [p for p in precisions if p != "bf16"]
     peaks = {precision: matmul_peak(precision) for precision in precisions}
     for precision, peak in peaks.items():
