@@ -37,18 +37,24 @@ def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
         a value exactly on a bin puts all weight there, and a value outside the range puts
         all weight on the edge bin.
     """
-    x = x.float()
-    bins = bins.float()
+    below, above, weight_above = two_hot_neighbours(x, bins)
+    weights = torch.zeros(*x.shape, bins.shape[0], device=x.device)
+    weights.scatter_(-1, below.unsqueeze(-1), (1.0 - weight_above).unsqueeze(-1))
+    weights.scatter_add_(-1, above.unsqueeze(-1), weight_above.unsqueeze(-1))
+    return weights
+
+
+def two_hot_neighbours(x: torch.Tensor, bins: torch.Tensor) -> tuple:
+    """The two bins two_hot puts weight on: (index below (...), index above (...), the
+    weight of the one above (...)); the one below has 1 - that weight."""
+    x, bins = x.float(), bins.float()
     K = bins.shape[0]
     # Index of the first bin strictly greater than x; its left neighbour is <= x.
     above = torch.searchsorted(bins, x.contiguous(), right=True).clamp(1, K - 1)  # (...)
     below = above - 1
     left, right = bins[below], bins[above]
     weight_above = ((x - left) / (right - left)).clamp(0.0, 1.0)  # 0 below range, 1 above
-    weights = torch.zeros(*x.shape, K, device=x.device)
-    weights.scatter_(-1, below.unsqueeze(-1), (1.0 - weight_above).unsqueeze(-1))
-    weights.scatter_add_(-1, above.unsqueeze(-1), weight_above.unsqueeze(-1))
-    return weights
+    return below, above, weight_above
 
 
 def lambda_returns(

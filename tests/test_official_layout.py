@@ -240,3 +240,21 @@ def test_make_env_passes_sticky_actions_to_atari():
     assert env.ale_env.ale.getFloat("repeat_action_probability") == 0.25
     env = make_env(load_config("atari_pong").env, seed=0)
     assert env.ale_env.ale.getFloat("repeat_action_probability") == 0.0
+
+
+def test_latent_logits_are_the_latent_major_rows_laid_out_class_major():
+    """LatentNet reads its output rows class-major for speed; the logits must still be the
+    plain (stoch, classes) reading of `Linear(x)`, and lie class-major in memory."""
+    from natural_dreamer.distributions import unimix
+    from natural_dreamer.rssm import LatentNet
+
+    torch.manual_seed(0)
+    net = LatentNet(in_dim=12, hidden=16, stoch=8, classes=4, mix=0.01, layers=1)
+    with torch.no_grad():
+        net.net[1].bias.normal_()  # the zero bias would not show a misread row
+    x = torch.randn(3, 5, 12)
+    logits = net(x)
+    plain = unimix(net.net(x).reshape(3, 5, 8, 4), 0.01)
+    assert logits.shape == (3, 5, 8, 4)
+    assert torch.allclose(logits, plain, atol=1e-6)
+    assert logits.stride()[-2:] == (1, 8)  # the 8 latents of one class side by side

@@ -128,3 +128,24 @@ def test_two_hot_dist_mean_and_log_prob():
     dist = TwoHotDist(logits)
     assert torch.isclose(dist.mean, bins[130])
     assert torch.isclose(dist.log_prob(bins[130]), torch.tensor(0.0))
+
+
+def test_two_hot_dist_equals_the_dense_formulas_with_their_gradient():
+    """mean = sum(softmax * bins) and log_prob = sum(two_hot(x) * log_softmax), written
+    densely; the distribution gathers two bins instead, to the same values and gradient."""
+    torch.manual_seed(0)
+    bins = twohot_bins(255)
+    logits = (torch.randn(6, 40, 255) * 3).requires_grad_()
+    inside = symexp(torch.randn(6, 40) * 4)
+    targets = [inside, bins[torch.randint(0, 255, (6, 40))], torch.full((6, 40), 1e12), -inside]
+    dense_logits = logits.detach().clone().requires_grad_()
+    log_softmax = torch.log_softmax(dense_logits, -1)
+    dense = sum((two_hot(x, bins) * log_softmax).sum(-1) for x in targets)
+    dist = TwoHotDist(logits)
+    gathered = sum(dist.log_prob(x) for x in targets)
+    assert torch.allclose(gathered, dense, rtol=1e-5, atol=1e-4)
+    gathered.sum().backward()
+    dense.sum().backward()
+    assert torch.allclose(logits.grad, dense_logits.grad, atol=1e-6)
+    expected = (torch.softmax(logits.detach().double(), -1) * bins.double()).sum(-1)
+    assert torch.allclose(dist.mean.double(), expected, rtol=1e-5, atol=1e-3)
