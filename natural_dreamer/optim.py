@@ -71,8 +71,8 @@ class LaProp(torch.optim.Optimizer):
             torch._foreach_mul_(momentum, beta1)
             torch._foreach_add_(momentum, normed, alpha=1 - beta1)
             lr = group["lr"] * torch.clamp(k / max(group["warmup"], 1), max=1.0)
-            steps = torch._foreach_mul(momentum, (lr / (1 - beta1**k)).unbind())
-            torch._foreach_sub_(params, steps)
+            updates = torch._foreach_mul(momentum, (lr / (1 - beta1**k)).unbind())
+            torch._foreach_sub_(params, updates)
 
 
 def make_optimizer(params, lr: float, config) -> torch.optim.Optimizer:

@@ -35,7 +35,7 @@ def test_laprop_matches_the_per_tensor_formulas_over_many_steps():
         for i, (param, grad) in enumerate(zip(expected, grads, strict=True)):
             if i != skipped:
                 reference_step(param, grad, states[i], lr=1e-2, agc=0.3, warmup=3)
-    for param, want, state, p in zip(params, expected, states, params, strict=True):
+    for param, want, state in zip(params, expected, states, strict=True):
         assert torch.allclose(param, want, rtol=1e-5, atol=1e-6)
-        assert optimizer.state[p]["step"].item() == state["k"]
+        assert optimizer.state[param]["step"].item() == state["k"]
     assert [s["k"] for s in states] == [8, 8, 8, 7]
