@@ -98,6 +98,7 @@ def train(config, resume, root: Path) -> int:
         print(
             f"{trainer.run}: {config.env.suite} {config.env.task} ({config.env.obs}), "
             f"preset {config.model.preset}, device {trainer.device}, "
+            f"threads {trainer.threads} ({trainer.threads_reason}), "
             f"precision {agent.precision} ({agent.precision_reason}), "
             f"compile {'on' if agent.compiled else 'off'} ({agent.compile_reason}), "
             f"{config.train.envs} env(s) x {trainer.world} process(es)",

@@ -38,7 +38,13 @@ from natural_dreamer.buffer import ReplayBuffer
 from natural_dreamer.config import available_configs, load_config
 from natural_dreamer.dreamer import Dreamer
 from natural_dreamer.envs import make_env
-from natural_dreamer.fastpath import cpu_flags, native_bf16, planned_updates, use_heap_allocator
+from natural_dreamer.fastpath import (
+    choose_threads,
+    cpu_flags,
+    native_bf16,
+    planned_updates,
+    use_heap_allocator,
+)
 from natural_dreamer.utils import pick_device
 
 OBS = {"vector": {"vector": ((24,), np.float32)}, "image": {"image": ((64, 64, 3), np.uint8)}}
@@ -335,8 +341,9 @@ def main() -> None:
     if args.quick:
         args.presets, args.repeats = ["1m"], 3
     heap = use_heap_allocator()  # as main.py runs: freed buffers stay in the process
+    threads, why = choose_threads(0)  # as main.py chooses them
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {host()}, "
+        f"torch {torch.__version__}, {threads} threads ({why}), {host()}, "
         f"freed memory kept for reuse: {'yes' if heap else 'no (not glibc)'}"
     )
     for table in args.tables:

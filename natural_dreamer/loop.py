@@ -57,7 +57,7 @@ from natural_dreamer.config import (
 )
 from natural_dreamer.dreamer import Dreamer
 from natural_dreamer.envs import make_env
-from natural_dreamer.fastpath import use_heap_allocator
+from natural_dreamer.fastpath import choose_threads, use_heap_allocator
 from natural_dreamer.loader import BatchLoader
 from natural_dreamer.logger import MetricsLogger
 from natural_dreamer.utils import pick_device, resident_mb, seed_everything
@@ -81,6 +81,7 @@ RESUMABLE_CHANGES = {
     "logger",
     "compile",
     "precision",
+    "threads",
 }
 
 
@@ -114,6 +115,7 @@ class Trainer:
                 f"over {self.world} processes"
             )
         use_heap_allocator()  # freed buffers stay in the process: no page faults per step
+        self.threads, self.threads_reason = choose_threads(config.threads)  # before the agent
         seed_everything(config.seed)  # the same initial agent on every rank
         self.device = pick_device(config.device, distributed.local_rank())
         self.eval_env = make_env(config.env, seed=config.seed + 10_000)

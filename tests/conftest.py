@@ -1,14 +1,24 @@
 """Shared test helpers: small configs and random batches shaped like replayed data."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
-from natural_dreamer import bench, load_config
+from natural_dreamer import bench, fastpath, load_config
 
 IMAGE = {"image": ((64, 64, 3), np.uint8)}
 VECTOR = {"vector": ((5,), np.float32)}
 MIXED = {**IMAGE, **VECTOR}
+
+
+def pytest_configure(config):
+    """Threads as a run chooses them: beside a busy core (another run, a CI neighbour) two
+    threads would stall every parallel region of every test. The processes the tests start
+    (main.py, notebook kernels) inherit the choice through OMP_NUM_THREADS."""
+    threads, _ = fastpath.choose_threads(0)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 @pytest.fixture(autouse=True)

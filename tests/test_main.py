@@ -1,6 +1,7 @@
 """The real entry point, end to end: train, checkpoint, resume, plot, video, bad input."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,16 @@ def test_smoke_writes_every_output(smoke_run):
     assert videos, list((out / "videos").iterdir())
     frames = read_video(videos[0])
     assert frames.shape[0] == 201 and frames.shape[-1] == 3  # reset frame + 200 steps
+
+
+def test_the_start_up_line_says_how_this_machine_computes(smoke_run):
+    first = smoke_run[1].stderr.splitlines()[0]
+    assert re.search(r"threads [1-9]\d* \((\d+ free core|\d+ of \d+ cores busy|OMP_NUM)", first), (
+        first
+    )
+    assert re.search(r"precision (bf16|fp32) \(", first) and re.search(
+        r"compile (on|off) \(", first
+    )
 
 
 def test_each_log_line_projects_the_rest_of_the_run_at_the_last_intervals_pace(smoke_run):
