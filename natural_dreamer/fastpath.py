@@ -12,8 +12,9 @@ precision  "bf16" where the device has native bfloat16 (CUDA: is_bf16_supported;
 threads    one per core that no other process keeps busy, sampled from /proc/stat when the
            run starts (config `threads: 0`, or OMP_NUM_THREADS when the user exported it).
            Two threads on two cores when another run keeps one of them busy made every
-           parallel region wait for the thread that shares its core: 0.555 s per smoke update
-           instead of 0.166 s with one thread (AMD EPYC, AVX-512 BF16, 2026-12-02).
+           parallel region wait for the thread that shares its core: 0.161 s per smoke update
+           beside one spinning process, 0.065 s with one thread (AMD EPYC, AVX-512 BF16,
+           2026-12-02).
 compile    on where the run's gradient steps repay a warm-up of 1-2 minutes (at least
            COMPILE_MIN_UPDATES) and the toolchain is there (a C++ compiler on a CPU, Triton
            on CUDA); otherwise off.
