@@ -124,6 +124,11 @@ def choose_compile(requested, device: torch.device, updates: int) -> tuple:
     return True, f"{updates} updates repay the 1-2 minute warm-up"
 
 
+# torch's own default when this module was imported: one thread per physical core. The
+# affinity below counts logical CPUs, and a second thread on a hyperthread only waits.
+DEFAULT_THREADS = torch.get_num_threads()
+
+
 def cpu_times() -> dict:
     """{cpu index: (busy, total)} jiffies of each CPU since boot, from /proc/stat ({} where
     it does not exist). Idle and I/O wait count as free; everything else (time stolen by the
@@ -155,7 +160,8 @@ def busy_cores(before: dict, after: dict, cores) -> float:
 
 def choose_threads(requested: int, sample_seconds: float = 0.25) -> tuple:
     """Set torch's CPU threads; returns (threads, why). requested: the config's `threads`
-    (0 = auto: one per core of this process's affinity that other processes leave free)."""
+    (0 = auto: one per core of this process's affinity that other processes leave free, at
+    most torch's default)."""
     if requested > 0:
         torch.set_num_threads(requested)
         return requested, "set in the config"
@@ -167,7 +173,7 @@ def choose_threads(requested: int, sample_seconds: float = 0.25) -> tuple:
     before = cpu_times()
     time.sleep(sample_seconds)
     busy = round(busy_cores(before, cpu_times(), cores))
-    threads = max(1, len(cores) - busy)
+    threads = max(1, min(DEFAULT_THREADS, len(cores) - busy))
     torch.set_num_threads(threads)
     if busy == 0:
         return threads, f"{len(cores)} free core(s)"

@@ -229,8 +229,14 @@ def test_a_core_kept_busy_by_another_process_gets_no_thread(monkeypatch):
         )
         assert torch.get_num_threads() == 1
         readings = iter([{0: (0, 100), 1: (0, 100)}, {0: (10, 200), 1: (5, 200)}])
+        monkeypatch.setattr(fastpath, "DEFAULT_THREADS", 2)
         assert fastpath.choose_threads(0, sample_seconds=0) == (2, "2 free core(s)")
         assert torch.get_num_threads() == 2
+        # Four idle logical CPUs on two physical cores (torch's default): two threads.
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+        idle = {core: (0, 100) for core in range(4)}
+        readings = iter([idle, {core: (1, 200) for core in range(4)}])
+        assert fastpath.choose_threads(0, sample_seconds=0)[0] == 2
     finally:
         torch.set_num_threads(saved)
 
