@@ -177,7 +177,7 @@ def choose_threads(requested: int, sample_seconds: float = 0.25) -> tuple:
     torch.set_num_threads(threads)
     if busy == 0:
         return threads, f"{len(cores)} free core(s)"
-    return threads, f"{min(busy, len(cores))} of {len(cores)} cores busy with other processes"
+    return threads, f"{busy} of {len(cores)} cores busy with other processes"
 
 
 def planned_updates(config) -> int:

@@ -215,8 +215,8 @@ def test_a_core_a_process_spins_on_reads_as_busy():
 
 def test_a_core_kept_busy_by_another_process_gets_no_thread(monkeypatch):
     """Two threads on two cores, one of them shared with another run: every parallel region
-    waits for the thread that shares a core (0.555 s per smoke update against 0.166 s with
-    one thread, measured beside a training run)."""
+    waits for the thread that shares a core (0.161 s per smoke update against 0.065 s with
+    one thread, beside one spinning process)."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     readings = iter([{0: (0, 100), 1: (0, 100)}, {0: (95, 200), 1: (5, 200)}])
