@@ -21,6 +21,7 @@ together. Rank 0 alone writes metrics, checkpoints and videos.
 import collections
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -256,7 +257,15 @@ class Trainer:
 
     def interrupt(self, signum, frame):
         """Note the signal; the loop stops at the end of the current policy step. Raising here
-        instead could land inside torch.compile, which would swallow the exception."""
+        instead could land inside torch.compile, which would swallow the exception. Says so
+        at once: the step under way can take minutes (the first update compiles)."""
+        if not self.stop_signal and self.main:
+            name = signal.Signals(signum).name
+            print(
+                f"{name}: stopping after the current step, then saving '{self.run}_latest'",
+                file=sys.stderr,
+                flush=True,
+            )
         self.stop_signal = signum
 
     def step(self, bar) -> None:
