@@ -91,25 +91,30 @@ def test_planned_updates_follow_the_train_ratio():
 
 
 def test_freed_buffers_stay_in_the_process():
-    """With the heap allocator a large buffer allocated again faults no pages in. (16 MiB:
-    a thread on a secondary malloc arena serves at most 64 MiB from its heaps.)"""
+    """With the heap allocator a large buffer allocated again faults no pages in. 48 MiB:
+    above 32 MiB, the most glibc's own sliding mmap threshold rises to, so that without the
+    setting every call maps and faults the whole buffer (a 16 MiB buffer is reused either
+    way once a first free has raised that threshold: this test could not fail at that size);
+    below the 64 MiB a thread on a secondary malloc arena serves from its heaps."""
     if not fastpath.use_heap_allocator():
         pytest.skip("not glibc: mallopt is not available")
 
     def faults_of_one_buffer() -> int:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        buffer = torch.ones(4 * 2**20)  # 16 MiB, every page written
+        buffer = torch.ones(12 * 2**20)  # 48 MiB, every page written
         del buffer
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-    # The heap first grows a few 16 MiB regions (a small block freed later sits above each,
+    # The heap first grows a few regions (a small block freed later sits above each,
     # and an aligned request does not fit a freed region exactly): seen on the AVX-512 BF16
-    # EPYC host, up to 5 calls under pytest before every call reused one. Then it settles.
+    # EPYC host, up to 5 calls under pytest before every call reused one, and on the
+    # AVX2-only EPYC once more after 8 (at 16 MiB). So: most calls reuse, not all of them.
     for _ in range(8):
         faults_of_one_buffer()
-    pages = 16 * 2**20 // resource.getpagesize()
-    faults = [faults_of_one_buffer() for _ in range(4)]
-    assert max(faults) < pages // 10, faults  # without the setting: every page (4k), every time
+    pages = 48 * 2**20 // resource.getpagesize()
+    faults = [faults_of_one_buffer() for _ in range(8)]
+    assert sum(faults) < 2 * pages, faults  # without the setting: every page (12k), every call
+    assert sorted(faults)[len(faults) // 2] < pages // 10, faults  # the median call reuses
 
 
 def test_the_user_table_times_a_config_as_it_runs(capsys):
