@@ -74,7 +74,10 @@ class RecurrentCell(nn.Module):
         x = self.gates(x, shared)  # (N, G, 3 * D / G), no norm on the gates
         reset, candidate, update = x.chunk(3, -1)  # each (N, G, D / G)
         reset = torch.sigmoid(reset)
-        candidate = torch.tanh(reset * candidate)
+        # tanh(x) = 2 sigmoid(2x) - 1, the same function: inductor's vectorised tanh costs
+        # about twice its sigmoid, and this gate kernel was the imagined step's dearest (1m,
+        # 1,024 rows: 1.66 -> 1.05 ms compiled, Sapphire Rapids).
+        candidate = 2.0 * torch.sigmoid(2.0 * (reset * candidate)) - 1.0
         update = torch.sigmoid(update - 1.0)
         new = update * candidate + (1 - update) * deter.reshape(N, G, -1).to(x.dtype)
         return new.reshape(N, -1).to(deter.dtype)  # (N, D)

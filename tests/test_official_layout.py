@@ -62,6 +62,34 @@ def test_recurrent_cell_has_a_hidden_block_layer_and_unnormalised_gates():
     assert torch.allclose(b, 2 * a, atol=1e-5)  # bias is zero at init
 
 
+def test_recurrent_cell_is_the_official_gru_update():
+    # The gates written out as the official _core writes them, with torch.tanh: the cell's
+    # own form (tanh through a sigmoid, for speed) must give the same state and gradient.
+    torch.manual_seed(0)
+    sizes = model_sizes("1m")
+    cell = RSSM(10, 3, sizes, 32, 0.01).cell
+    D, G = sizes["deter"], sizes["blocks"]
+    deter = torch.randn(5, D, requires_grad=True)
+    stoch, action = torch.randn(5, 32 * sizes["classes"]), torch.randn(5, 3) * 2
+    with torch.no_grad():
+        cell.gates.bias.normal_()  # gate pre-activations well away from zero
+    out = cell(deter, stoch, action)
+
+    a = action / action.abs().clamp(min=1.0)
+    shared = torch.cat([cell.embed_deter(deter), cell.embed_stoch(stoch), cell.embed_action(a)], -1)
+    x = cell.hidden[0](deter.reshape(5, G, -1), shared).reshape(5, -1)
+    x = torch.nn.functional.silu(cell.hidden_norms[0](x)).reshape(5, G, -1)
+    reset, cand, update = cell.gates(x).chunk(3, -1)
+    reset, update = torch.sigmoid(reset), torch.sigmoid(update - 1.0)
+    h = deter.reshape(5, G, -1)
+    expected = (update * torch.tanh(reset * cand) + (1 - update) * h).reshape(5, D)
+    assert torch.allclose(out, expected, atol=1e-6)
+    g = torch.randn(5, D)
+    (grad,) = torch.autograd.grad(out, deter, g)
+    (expected_grad,) = torch.autograd.grad(expected, deter, g)
+    assert torch.allclose(grad, expected_grad, atol=1e-5)
+
+
 def test_dyn_layers_zero_is_the_cheaper_cell_without_a_hidden_layer():
     cfg = tiny_config(**{"model.dyn_layers": 0})
     agent = Dreamer(VECTOR, 2, False, cfg)
