@@ -261,13 +261,17 @@ def compile_networks(agent: nn.Module) -> None:
     for behavior in behaviors:
         behavior.rollout_step = torch.compile(behavior.rollout_step, dynamic=True)
     if filtering_parameters(rssm) <= SCAN_MAX_PARAMETERS:
-        # A small model trains with the whole filtering loop as one scan graph
-        # (RSSM.filter_scan). Inductor lowers a scan to a loop that reads the step index as a
-        # Python number, which dynamo must be allowed to capture while it builds the graphs.
-        scan_steps = torch.compile(rssm.scan_steps, dynamic=False)
+        compile_filter_scan(rssm)
 
-        def patched_scan_steps(*args):
-            with torch._dynamo.config.patch(capture_scalar_outputs=True):
-                return scan_steps(*args)
 
-        rssm.scan_steps, rssm.scan_loop = patched_scan_steps, True
+def compile_filter_scan(rssm: nn.Module) -> None:
+    """Train this RSSM with its filtering loop as one compiled scan graph (RSSM.filter_scan).
+    Inductor lowers a scan to a loop that reads the step index as a Python number, which
+    dynamo must be allowed to capture while it builds the graphs."""
+    scan_steps = torch.compile(rssm.scan_steps, dynamic=False)
+
+    def patched_scan_steps(*args):
+        with torch._dynamo.config.patch(capture_scalar_outputs=True):
+            return scan_steps(*args)
+
+    rssm.scan_steps, rssm.scan_loop = patched_scan_steps, True
