@@ -215,19 +215,6 @@ class Dreamer(nn.Module):
 COMPILED = (MLP, ImageEncoder, ImageDecoder, RecurrentCell, LatentNet)
 
 
-# The largest filtering step (cell and posterior parameters) that trains as one scan graph.
-# A scan saves each step's activations by copying its whole stacked buffers once per step,
-# so its cost grows with T^2 times the step's width: the 64-step loop forward and backward,
-# bf16, AVX-512 BF16 host, medians: 1m (0.32M) 126 ms as compiled steps, 85 ms as a scan;
-# 12m (5.0M) 296-346 ms as compiled steps, 378-397 ms as a scan.
-SCAN_MAX_PARAMETERS = 1_000_000
-
-
-def filtering_parameters(rssm: nn.Module) -> int:
-    """Parameters of one filtering step: the recurrent cell and the posterior."""
-    return sum(p.numel() for net in (rssm.cell, rssm.posterior_net) for p in net.parameters())
-
-
 def compile_networks(agent: nn.Module) -> None:
     """torch.compile those modules in place (their parameters and state_dict keys unchanged).
 
@@ -260,18 +247,3 @@ def compile_networks(agent: nn.Module) -> None:
     behaviors = [agent.behavior] + ([agent.explorer.behavior] if agent.explorer else [])
     for behavior in behaviors:
         behavior.rollout_step = torch.compile(behavior.rollout_step, dynamic=True)
-    if filtering_parameters(rssm) <= SCAN_MAX_PARAMETERS:
-        compile_filter_scan(rssm)
-
-
-def compile_filter_scan(rssm: nn.Module) -> None:
-    """Train this RSSM with its filtering loop as one compiled scan graph (RSSM.filter_scan).
-    Inductor lowers a scan to a loop that reads the step index as a Python number, which
-    dynamo must be allowed to capture while it builds the graphs."""
-    scan_steps = torch.compile(rssm.scan_steps, dynamic=False)
-
-    def patched_scan_steps(*args):
-        with torch._dynamo.config.patch(capture_scalar_outputs=True):
-            return scan_steps(*args)
-
-    rssm.scan_steps, rssm.scan_loop = patched_scan_steps, True

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._higher_order_ops.scan import scan
 
 from natural_dreamer.distributions import sample_one_hot, unimix
 from natural_dreamer.networks import MLP, BlockLinear, RMSNorm, frozen, init_weights
@@ -141,7 +140,6 @@ class RSSM(nn.Module):
         self.posterior_net = LatentNet(self.deter_dim + embed_dim, hidden, stoch, classes, mix)
         self.feat_dim = self.deter_dim + stoch_dim
         self.batch_weight_grads = False  # see batched_weight_grads()
-        self.scan_loop = False  # see filter_scan(); compile_networks turns it on
 
     def initial(self, batch: int, device) -> dict:
         """The all-zero state an episode starts from."""
@@ -230,45 +228,6 @@ class RSSM(nn.Module):
         states = {"deter": torch.stack(deters, 1), "stoch": torch.stack(stochs, 1)}
         return states, torch.stack(post_logits, 1)
 
-    def filter_scan(self, state, prev_actions, embed, is_first, uniform, probes=None):
-        """filter() as one scan operator: the same steps, values and gradients.
-
-        A compiled step at batch 16 is about 0.02 ms of arithmetic inside about 1 ms of fixed
-        cost (the graph call, its guards, an autograd node), paid T times forward and T times
-        backward. torch.compile turns a scan into one graph whose loop runs inside it, with
-        one backward graph, so that cost is paid once (1m, 64 steps forward and backward,
-        AVX-512 BF16 host: 126 ms as a loop of compiled steps, 85 ms as a compiled scan).
-        compile_networks switches training to it; eager PyTorch keeps the plain loop.
-        """
-        B, T = embed.shape[:2]
-        if probes is None:
-            probes = torch.zeros(T, B, self.feat_dim, device=embed.device)
-        else:  # the T per-step probes as one input; stack passes each its own gradient
-            probes = torch.stack(probes)
-        deters, stochs, logits = self.scan_steps(
-            state["deter"], state["stoch"],
-            prev_actions.transpose(0, 1), embed.transpose(0, 1), is_first.transpose(0, 1),
-            uniform, probes,
-        )  # fmt: skip
-        states = {"deter": deters.transpose(0, 1), "stoch": stochs.transpose(0, 1)}
-        return states, logits.transpose(0, 1)
-
-    def scan_steps(self, deter, stoch, prev_actions, embed, is_first, uniform, probes):
-        """The T filtering steps as torch's scan over time-major inputs (T, B, ...).
-        Returns each step's deter (T, B, D), stoch and posterior logits (T, B, S, C)."""
-
-        def step(carry, inputs):
-            deter, stoch = carry
-            # The class's own filter_step: compile_networks compiles the instance's, and the
-            # scan must trace the plain arithmetic. Scan outputs may not alias each other,
-            # hence the clones (inside one graph they cost nothing).
-            deter, stoch, logits = RSSM.filter_step(self, deter, stoch, *inputs)
-            return (deter.clone(), stoch.clone()), (deter.clone(), stoch.clone(), logits.clone())
-
-        xs = (prev_actions, embed, is_first, uniform, probes)
-        _, outputs = scan(step, (deter, stoch), xs)
-        return outputs
-
     def filter_batched(self, state, prev_actions, embed, is_first, uniform):
         """filter() with the same values and gradients, but the weight gradients of the loop
         taken for all T steps at once.
@@ -286,9 +245,8 @@ class RSSM(nn.Module):
         D, SC = self.deter_dim, self.stoch * self.classes
         # One tensor per step: slices of one tensor would each get a full-size gradient.
         probes = [torch.zeros(B, D + SC, device=embed.device, requires_grad=True) for _ in range(T)]
-        loop = self.filter_scan if self.scan_loop else self.filter
         with frozen(self.cell, self.posterior_net):
-            states, post_logits = loop(state, prev_actions, embed, is_first, uniform, probes)
+            states, post_logits = self.filter(state, prev_actions, embed, is_first, uniform, probes)
         # Each step's inputs: the state before it (the initial one, then the steps' outputs).
         before = {
             key: torch.cat([state[key][:, None], states[key][:, :-1]], 1).detach()

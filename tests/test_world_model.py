@@ -166,65 +166,6 @@ def test_batched_weight_gradients_equal_the_step_by_step_ones(context):
     assert plain[cell].abs().sum() > 0  # the loop's weights did get a gradient
 
 
-def test_the_filtering_scan_equals_the_loop_in_values_and_gradients():
-    """RSSM.filter_scan (what a compiled agent trains with) runs the same T steps as
-    RSSM.filter, the plain loop: the same states and logits, and the same gradients to the
-    weights, the embeddings, the initial state and the probes, across an episode start."""
-    rssm = Dreamer(VECTOR, 3, False, tiny_config()).world_model.rssm
-    B, T = 3, 6
-    embed = torch.randn(B, T, rssm.posterior_net.in_dim - rssm.deter_dim)
-    actions, uniform = torch.rand(B, T, 3) * 2 - 1, torch.rand(T, B, rssm.stoch, 1)
-    is_first = torch.zeros(B, T, dtype=torch.bool)
-    is_first[:, 0], is_first[1, 3] = True, True
-    stoch = F.one_hot(torch.randint(0, rssm.classes, (B, rssm.stoch)), rssm.classes)
-    start = {"deter": torch.randn(B, rssm.deter_dim), "stoch": stoch.float()}
-    results = []
-    for loop in (rssm.filter, rssm.filter_scan):
-        inputs = [embed.clone().requires_grad_(), start["deter"].clone().requires_grad_()]
-        probes = [torch.zeros(B, rssm.feat_dim, requires_grad=True) for _ in range(T)]
-        state = {"deter": inputs[1], "stoch": start["stoch"]}
-        states, logits = loop(state, actions, inputs[0], is_first, uniform, probes)
-        loss = states["deter"].square().mean() + (logits * states["stoch"]).sum().tanh()
-        weights = list(rssm.cell.parameters()) + list(rssm.posterior_net.parameters())
-        grads = torch.autograd.grad(loss, weights + inputs + probes)
-        results.append(([states["deter"], states["stoch"], logits], grads))
-    (values, grads), (scan_values, scan_grads) = results
-    assert values[0].shape == (B, T, rssm.deter_dim) and values[2].shape[:2] == (B, T)
-    for a, b in zip(values + list(grads), scan_values + list(scan_grads), strict=True):
-        assert a.shape == b.shape
-        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), (a - b).abs().max()
-    assert grads[0].abs().sum() > 0 and grads[-1].abs().sum() > 0  # weights and probes
-
-
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_a_compiled_agent_trains_through_the_scan_with_the_eager_gradients(precision):
-    """compile: true filters with one scan graph (RSSM.filter_scan inside
-    batched_weight_grads). Its world-model gradient equals the eager loop's in fp32; in bf16,
-    where every product rounds, it is as close to the fp32 gradient as the eager loop's."""
-    overrides = {"world_model.free_nats": 0.0, "precision": precision}
-    eager = Dreamer(VECTOR, 3, False, tiny_config(**overrides))
-    compiled = Dreamer(VECTOR, 3, False, tiny_config(**overrides, compile=True))
-    reference = Dreamer(VECTOR, 3, False, tiny_config(**{**overrides, "precision": "fp32"}))
-    for agent in (compiled, reference):
-        agent.load_state_dict(eager.state_dict())
-    assert compiled.world_model.rssm.scan_loop and not eager.world_model.rssm.scan_loop
-    batch = eager.batch_to_torch(random_batch(VECTOR, 3, False, B=4, T=7))
-    grads = []
-    for agent in (reference, eager, compiled):
-        agent.zero_grad(set_to_none=True)
-        torch.manual_seed(5)  # the same posterior samples every time
-        with agent.autocast(), agent.world_model.rssm.batched_weight_grads():
-            loss, _, _ = agent.world_model.loss(batch)
-        loss.backward()
-        grads.append(torch.cat([p.grad.float().flatten() for p in agent.world_model.parameters()]))
-    truth, eager_grad, scan_grad = grads
-    eager_error = (eager_grad - truth).norm() / truth.norm()  # 0 in fp32
-    scan_error = (scan_grad - truth).norm() / truth.norm()
-    assert scan_error <= 2 * eager_error + 1e-5, (scan_error.item(), eager_error.item())
-    cell = [p for p in compiled.world_model.rssm.cell.parameters()][0]
-    assert cell.grad.abs().sum() > 0  # the loop's weights did get a gradient
-
-
 def test_training_steps_leave_no_tensors_behind():
     """The batched weight gradients hook into backward(); nothing of a step (its probes, its
     batched pass) may outlive it, or memory grows by a graph per update. With the garbage
