@@ -105,20 +105,22 @@ class Behavior(nn.Module):
         frozen world model into the actor.
         """
         rssm, feats, actions = world_model.rssm, [], []
-        deter, stoch = start["deter"], start["stoch"]
+        # Copies, not the views of the replayed states they may be: torch.compile guards a
+        # view by its base, so a first step on views would build a graph of its own.
+        deter, stoch = start["deter"].clone(), start["stoch"].clone()
         N, H = deter.shape[0], self.horizon
-        # Every random number of the rollout, drawn before it: the steps themselves are then
-        # pure functions, which compile: true fuses without changing the random streams.
-        action_noise = (
-            torch.rand(H, N, 1, device=deter.device)
-            if self.actor.discrete
-            else torch.randn(H, N, self.actor.action_size, device=deter.device)
-        )
-        latent_noise = torch.rand(H, N, rssm.stoch, 1, device=deter.device)
+        # Each step's random numbers are drawn outside it: the steps themselves are then pure
+        # functions, which compile: true fuses without changing the random streams. Fresh
+        # tensors rather than slices of one: a slice's storage offset grows with t, and
+        # torch.compile would build a new graph for the first steps' offsets.
+        action_shape = (N, 1) if self.actor.discrete else (N, self.actor.action_size)
+        draw_action = torch.rand if self.actor.discrete else torch.randn
         with torch.set_grad_enabled(self.actor_grad == "dynamics"):
-            for t in range(H):
+            for _ in range(H):
+                action_noise = draw_action(action_shape, device=deter.device)
+                latent_noise = torch.rand(N, rssm.stoch, 1, device=deter.device)
                 feat, raw, deter, stoch = self.rollout_step(
-                    rssm, deter, stoch, action_noise[t], latent_noise[t]
+                    rssm, deter, stoch, action_noise, latent_noise
                 )
                 feats.append(feat)
                 actions.append(raw)

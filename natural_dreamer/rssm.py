@@ -245,8 +245,11 @@ class RSSM(nn.Module):
         D, SC = self.deter_dim, self.stoch * self.classes
         # One tensor per step: slices of one tensor would each get a full-size gradient.
         probes = [torch.zeros(B, D + SC, device=embed.device, requires_grad=True) for _ in range(T)]
+        # The state before the first step takes a gradient (never used) like every later
+        # step's, so all T steps are one graph for compile: true, not two.
+        start = {key: value.detach().requires_grad_() for key, value in state.items()}
         with frozen(self.cell, self.posterior_net):
-            states, post_logits = self.filter(state, prev_actions, embed, is_first, uniform, probes)
+            states, post_logits = self.filter(start, prev_actions, embed, is_first, uniform, probes)
         # Each step's inputs: the state before it (the initial one, then the steps' outputs).
         before = {
             key: torch.cat([state[key][:, None], states[key][:, :-1]], 1).detach()

@@ -14,7 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 from natural_dreamer import Dreamer, fastpath, load_config
 from natural_dreamer.fastpath import choose_compile, choose_precision, planned_updates
 
-from conftest import IMAGE, VECTOR, random_batch
+from conftest import IMAGE, VECTOR, random_batch, tiny_config
 
 CPU = torch.device("cpu")
 
@@ -52,6 +52,38 @@ def test_compiled_heads_on_imagined_features_take_plain_matrix_products(precisio
     blocks = agent.world_model.rssm.cell.gates.weight.shape[0]
     wide = [shape for shape in shapes if shape[0][0] > blocks]
     assert not wide, f"batched products over rows, with the weight copied per row: {wide[:3]}"
+
+
+def test_a_training_step_builds_one_graph_per_kind_of_sequential_step():
+    """torch.compile builds a new graph whenever a function meets a new kind of input (one
+    that needs a gradient where the last did not, a view instead of a fresh tensor, ...),
+    and each graph is 5-30 s of a cold start. However many steps a training step filters and
+    imagines, the filtering step is two graphs (the loop, and the pass that takes its weight
+    gradients) and the imagined step one. Counted with a backend that only counts graphs,
+    so no C++ is compiled."""
+    torch._dynamo.reset()
+    agent = Dreamer(VECTOR, 3, False, tiny_config(compile=False, **{"behavior.horizon": 5}))
+    graphs = {"filter_step": 0, "rollout_step": 0}
+
+    def counting(name):
+        def backend(graph_module, example_inputs):
+            graphs[name] += 1
+            return graph_module.forward
+
+        return backend
+
+    rssm, behavior = agent.world_model.rssm, agent.behavior
+    rssm.filter_step = torch.compile(
+        rssm.filter_step, backend=counting("filter_step"), dynamic=True
+    )
+    behavior.rollout_step = torch.compile(
+        behavior.rollout_step, backend=counting("rollout_step"), dynamic=True
+    )
+    batch = random_batch(VECTOR, 3, False, B=3, T=6)
+    for _ in range(2):
+        agent.train_step(batch)
+    assert graphs == {"filter_step": 2, "rollout_step": 1}
+    torch._dynamo.reset()
 
 
 def test_no_native_bf16_means_fp32_without_measuring(monkeypatch):
