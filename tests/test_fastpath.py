@@ -2,6 +2,7 @@
 page faults from freed buffers."""
 
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -288,3 +289,20 @@ def test_threads_from_the_config_or_from_omp_num_threads_are_kept(monkeypatch):
         assert fastpath.choose_threads(0, sample_seconds=0) == (1, "OMP_NUM_THREADS")
     finally:
         torch.set_num_threads(saved)
+
+
+def test_compile_census_names_every_graph_and_why_it_is_new():
+    command = [sys.executable, "scripts/compile_census.py", "smoke", "--backend", "eager"]
+    out = subprocess.run(command + ["--steps", "2"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [
+        line.split(None, 2) for line in out.stdout.splitlines() if re.match(r"\s+\d+/\d+ ", line)
+    ]
+    functions = [row[2] for row in rows]
+    assert sum(f.startswith("rollout_step") for f in functions) == 1
+    # The filter loop, its weight-gradient pass, and acting (no gradient, no autocast).
+    filters = [f for f in functions if f.startswith("filter_step")]
+    assert len(filters) == 3 and "first graph" in filters[0]
+    assert "requires_grad mismatch" in filters[1] and "GLOBAL_STATE changed" in filters[2]
+    assert f"{len(rows)} graphs traced" in out.stdout
+    assert re.search(r"first training step [\d.]+ s, first act [\d.]+ s", out.stdout)
