@@ -2,14 +2,16 @@
 
     python scripts/bench_twohot.py                  # the pendulum's shapes (1m, 1,024 rollouts)
     python scripts/bench_twohot.py --rows 1024 --horizon 15 --repeats 31
+    python scripts/bench_twohot.py --whole-update --repeats 21   # what it is worth in an update
 
 Times, in turns in one process (this machine drifts between runs minutes apart), the two-hot
 work of one update's critic loss as the agent does it with TwoHotDist (eager PyTorch): the
 mean of the critic's logits for the returns, the two log-likelihoods (lambda-returns and the
 EMA critic's mean) and their gradient, plus the means of the reward head and the EMA critic;
 then the same maths written as two torch.compile'd functions. Prints the median of each in
-milliseconds and the seconds the compiled functions took to build. A measurement for a
-decision, not part of the agent.
+milliseconds and the seconds the compiled functions took to build. --whole-update times
+whole pendulum updates in turns instead, with TwoHotDist's mean and log_prob as they are and
+swapped for compiled functions: the figure that decides. A measurement, not part of the agent.
 """
 
 import argparse
@@ -67,13 +69,55 @@ def fused_work(critic_logits, reward_logits, slow_logits, returns, fused_mean, f
     return values, rewards, loss
 
 
+def log_prob(logits, target, bins):
+    """TwoHotDist.log_prob as one function of its inputs."""
+    logits = logits.float()
+    below, above, weight = two_hot_neighbours(target.detach(), bins)
+    pair = logits.gather(-1, torch.stack([below, above], -1))
+    return (1.0 - weight) * pair[..., 0] + weight * pair[..., 1] - logits.logsumexp(-1)
+
+
+def whole_update(repeats: int) -> None:
+    """Pendulum updates in turns: TwoHotDist as it is, then with compiled mean and log_prob."""
+    from natural_dreamer.bench import configured_agent
+    from natural_dreamer.config import load_config
+    from natural_dreamer.fastpath import use_heap_allocator
+
+    use_heap_allocator()
+    compiled_mean = torch.compile(mean, dynamic=True)
+    compiled_log_prob = torch.compile(log_prob, dynamic=True)
+    ways = {
+        "eager": (TwoHotDist.mean, TwoHotDist.log_prob),
+        "compiled": (
+            property(lambda dist: compiled_mean(dist.logits, dist.bins)),
+            lambda dist, target: compiled_log_prob(dist.logits, target, dist.bins),
+        ),
+    }
+    agent, batch = configured_agent(load_config("pendulum"))
+    times = {name: [] for name in ways}
+    for repeat in range(repeats + 2):  # the first two rounds build the graphs
+        for name, (mean_property, log_prob_method) in ways.items():
+            TwoHotDist.mean, TwoHotDist.log_prob = mean_property, log_prob_method
+            begin = time.perf_counter()
+            agent.train_step(batch)
+            if repeat >= 2:
+                times[name].append(time.perf_counter() - begin)
+    TwoHotDist.mean, TwoHotDist.log_prob = ways["eager"]
+    print(f"{host()}; {torch.get_num_threads()} thread(s); pendulum updates, in turns")
+    for name, values in times.items():
+        print(f"{name:>9} two-hot: {1e3 * statistics.median(values):7.1f} ms per update")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1024, help="imagined rollouts (B x T)")
     parser.add_argument("--horizon", type=int, default=15)
     parser.add_argument("--bins", type=int, default=255)
     parser.add_argument("--repeats", type=int, default=31)
+    parser.add_argument("--whole-update", action="store_true")
     args = parser.parse_args(argv)
+    if args.whole_update:
+        return whole_update(args.repeats)
     torch.manual_seed(0)
     N, H, K = args.rows, args.horizon, args.bins
     bins = twohot_bins(K)
