@@ -79,6 +79,7 @@ def main(argv: list) -> int:
 
 def train(config, resume, root: Path) -> int:
     """Build the run (or resume it) and train; returns the exit status."""
+    from natural_dreamer import distributed
     from natural_dreamer.checkpoint import CheckpointError
     from natural_dreamer.config import ConfigError
     from natural_dreamer.loop import StopRequest, Trainer
@@ -115,6 +116,10 @@ def train(config, resume, root: Path) -> int:
     except OSError as error:  # a full disk, a folder made read-only or removed
         print(f"error: {describe_write_error(error)}", file=sys.stderr)
         return 1
+    # Under torchrun the other ranks wait here while rank 0 writes its last checkpoint and
+    # evaluation: a rank that tore down the process group and exited before then was
+    # sometimes aborted by gloo ("terminate called without an active exception").
+    distributed.barrier()
     return 0
 
 
