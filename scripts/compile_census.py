@@ -40,7 +40,7 @@ class Census(logging.Handler):
         message = record.getMessage()
         traced = re.search(r"start tracing (\S+) \S*?([^/\s]+\.py:\d+)", message)
         if traced:
-            self.functions.setdefault(self.current, f"{traced[1]} ({traced[2]})")
+            self.functions[self.current] = f"{traced[1]} ({traced[2]})"
         if "triggered by the following guard failure" in message:
             # One line per earlier graph, the newest first: its failed guard.
             failures = message.split("guard failure(s):")[-1].strip().splitlines()
@@ -113,14 +113,15 @@ def main(argv=None):
     agent.act(obs, agent.initial_state(obs["is_first"].shape[0]))
     act = time.perf_counter() - begin
 
+    # A backward compiled later has no "start tracing" line of its own: its frame's name.
+    by_frame = {key.split("/")[0]: name for key, name in census.functions.items()}
     print(f"{'graph':>6}  {'s':>6}  function, and what made it a new graph")
     for compile_id, trigger, seconds in graphs:
-        frame = compile_id.split("/")[0]
-        name = census.functions.get(compile_id) or census.functions.get(frame, "?")
-        if not name.startswith("?"):
-            census.functions.setdefault(frame, name)
-        what = "backward, compiled when first run" if trigger == "LAZY_BACKWARD" else ""
-        what = what or census.reasons.get(compile_id, "first graph of this function")
+        name = census.functions.get(compile_id) or by_frame.get(compile_id.split("/")[0], "?")
+        if trigger == "LAZY_BACKWARD":
+            what = "backward, compiled when first run"
+        else:
+            what = census.reasons.get(compile_id, "first graph of this function")
         print(f"{compile_id:>6}  {seconds:6.1f}  {name}: {what}")
     dynamo = sum(1 for _, trigger, _ in graphs if trigger == "DYNAMO")
     print(f"{dynamo} graphs traced, {sum(s for *_, s in graphs):.0f} s building graphs")

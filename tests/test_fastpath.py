@@ -81,10 +81,12 @@ def test_a_training_step_builds_one_graph_per_kind_of_sequential_step():
         behavior.rollout_step, backend=counting("rollout_step"), dynamic=True
     )
     batch = random_batch(VECTOR, 3, False, B=3, T=6)
-    for _ in range(2):
-        agent.train_step(batch)
+    try:
+        for _ in range(2):
+            agent.train_step(batch)
+    finally:
+        torch._dynamo.reset()  # no later test meets these graphs
     assert graphs == {"filter_step": 2, "rollout_step": 1}
-    torch._dynamo.reset()
 
 
 def test_no_native_bf16_means_fp32_without_measuring(monkeypatch):
