@@ -224,7 +224,10 @@ def compile_networks(agent: nn.Module) -> None:
     gradients, sliced inputs...), so the default limit of 8 per function would send the
     rest back to eager PyTorch without a word beyond a warning. Donated buffers (a memory
     saving that frees saved tensors during backward) are off, so backward(retain_graph=True)
-    works as it does in eager PyTorch.
+    works as it does in eager PyTorch. Python floats the networks read (norm epsilons, the
+    unimix share, the action std range: constants of a run) are compiled in as constants;
+    left to dynamo's default they would be graph inputs, a 0-d tensor made from each before
+    every call (6 per filtering step; 2-3% of a 1m update measured, AMD EPYC, 2026-12-03).
     """
     cpu = any(p.device.type == "cpu" for p in agent.parameters())
     if cpu and not any(shutil.which(name) for name in ("c++", "g++", "clang++")):
@@ -234,6 +237,7 @@ def compile_networks(agent: nn.Module) -> None:
         )
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     torch._functorch.config.donated_buffer = False
+    torch._dynamo.config.specialize_float = True
     for module in agent.modules():
         if isinstance(module, COMPILED):
             module.compile(dynamic=True)

@@ -13,6 +13,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from natural_dreamer import Dreamer, fastpath, load_config
+from natural_dreamer.dreamer import compile_networks
 from natural_dreamer.fastpath import choose_compile, choose_precision, planned_updates
 
 from conftest import IMAGE, VECTOR, random_batch, tiny_config
@@ -87,6 +88,36 @@ def test_a_training_step_builds_one_graph_per_kind_of_sequential_step():
     finally:
         torch._dynamo.reset()  # no later test meets these graphs
     assert graphs == {"filter_step": 2, "rollout_step": 1}
+
+
+def test_compiled_networks_take_their_python_floats_as_constants(monkeypatch):
+    """Left to dynamo's default, every Python float a compiled region reads (RMSNorm's eps,
+    the unimix share) becomes a graph input: a 0-d tensor built from it before every call,
+    6 per filtering step, 64 steps per update. compile_networks compiles them in as the
+    constants they are. Seen through a backend that records each graph's inputs."""
+    monkeypatch.setattr(torch._dynamo.config, "specialize_float", False)  # restored after
+    inputs = []
+
+    def recording(graph_module, example_inputs):
+        inputs.append(example_inputs)
+        return graph_module.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch, "compile", lambda fn=None, **kw: real_compile(fn, **{**kw, "backend": recording})
+    )
+    torch._dynamo.reset()
+    agent = Dreamer(VECTOR, 3, False, tiny_config(compile=False, **{"behavior.horizon": 3}))
+    compile_networks(agent)
+    try:
+        agent.train_step(random_batch(VECTOR, 3, False, B=3, T=6))
+    finally:
+        torch._dynamo.reset()  # no later test meets these graphs
+    assert len(inputs) >= 5  # the MLPs, the filtering and imagined steps were compiled
+    scalars = [
+        x for graph in inputs for x in graph if isinstance(x, torch.Tensor) and x.dim() == 0
+    ]
+    assert not scalars, f"{len(scalars)} Python floats passed as 0-d tensors: {scalars[:6]}"
 
 
 def test_no_native_bf16_means_fp32_without_measuring(monkeypatch):
