@@ -114,9 +114,7 @@ def test_compiled_networks_take_their_python_floats_as_constants(monkeypatch):
     finally:
         torch._dynamo.reset()  # no later test meets these graphs
     assert len(inputs) >= 5  # the MLPs, the filtering and imagined steps were compiled
-    scalars = [
-        x for graph in inputs for x in graph if isinstance(x, torch.Tensor) and x.dim() == 0
-    ]
+    scalars = [x for graph in inputs for x in graph if isinstance(x, torch.Tensor) and x.dim() == 0]
     assert not scalars, f"{len(scalars)} Python floats passed as 0-d tensors: {scalars[:6]}"
 
 
