@@ -337,3 +337,17 @@ def test_compile_census_names_every_graph_and_why_it_is_new():
     assert "requires_grad mismatch" in filters[1] and "GLOBAL_STATE changed" in filters[2]
     assert f"{len(rows)} graphs traced" in out.stdout
     assert re.search(r"first training step [\d.]+ s, first act [\d.]+ s", out.stdout)
+
+
+@pytest.mark.parametrize(
+    "flags, what, floats",
+    [
+        ([], "16 filtering steps of 4 rows", "constants"),
+        (["--floats-as-inputs", "--whole-update"], "training steps", "graph inputs"),
+    ],
+)
+def test_the_filter_loop_benchmark_times_a_configs_loop(flags, what, floats):
+    command = [sys.executable, "scripts/bench_filter_loop.py", "smoke", "--repeats", "2", *flags]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(rf"smoke: {what}, .* floats as {floats}.*median [\d.]+ ms", out.stdout)
