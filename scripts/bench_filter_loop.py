@@ -25,9 +25,7 @@ after 5 warm-up ones (the first builds the graphs).
 """
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from natural_dreamer import dreamer  # noqa: E402
-from natural_dreamer.bench import configured_agent, host  # noqa: E402
+from natural_dreamer.bench import configured_agent, host, median_seconds  # noqa: E402
 from natural_dreamer.config import load_config  # noqa: E402
 from natural_dreamer.fastpath import use_heap_allocator  # noqa: E402
 
@@ -76,18 +74,14 @@ def main() -> None:
     timed = (lambda: agent.train_step(batch)) if args.whole_update else loop
     for _ in range(5):
         timed()
-    seconds = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        timed()
-        seconds.append(time.perf_counter() - start)
+    seconds = median_seconds(timed, args.repeats)
     floats = "graph inputs (dynamo's default)" if args.floats_as_inputs else "constants"
     what = "training steps" if args.whole_update else f"{T} filtering steps of {B} rows"
     print(
         f"{host()}; {args.config}: {what}, precision "
         f"{agent.precision}, compile {'on' if agent.compiled else 'off'}, "
         f"{torch.get_num_threads()} thread(s), Python floats as {floats}: "
-        f"median {statistics.median(seconds) * 1e3:.1f} ms per "
+        f"median {seconds * 1e3:.1f} ms per "
         + ("training step" if args.whole_update else "loop, forward and backward")
     )
 
