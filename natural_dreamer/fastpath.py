@@ -9,6 +9,13 @@ machine the run starts on:
 precision  "bf16" where the device has native bfloat16 (CUDA: is_bf16_supported; CPU: the
            avx512_bf16 or amx_bf16 flags) AND a model-shaped matrix product measures at least
            1.3x faster in bf16 than in fp32; otherwise "fp32".
+           Under "bf16" the filtering loop (64 steps of 16 rows, one after another) may still
+           be faster in float32: its products are too small for bf16's faster arithmetic to
+           pay for the casts and the per-call cost of the bf16 kernels. One filtering step,
+           timed both ways, decides (see choose_filter_precision): on a Sapphire Rapids host
+           with AMX (2026-12-03) the 1m loop took 82 ms in fp32 and 109 ms in bf16 (the
+           whole update 265 ms against 294), while the 12m update was 2.5% faster with the
+           loop in bf16.
 threads    one per core that no other process keeps busy, sampled from /proc/stat when the
            run starts (config `threads: 0`, or OMP_NUM_THREADS when the user exported it).
            Two threads on two cores when another run keeps one of them busy made every
@@ -33,10 +40,17 @@ from pathlib import Path
 
 import torch
 
+from natural_dreamer.networks import frozen
+
 # Gradient steps below which torch.compile's warm-up costs more than it saves.
 COMPILE_MIN_UPDATES = 1000
 # How much faster bf16 must be, measured, before a run uses it.
 BF16_MIN_SPEEDUP = 1.3
+# How much faster one filtering step must be in float32, measured, before a bf16 run takes
+# its filtering loop in float32. The eager step overstates fp32's gain in the compiled loop
+# (AMX host: eager 1.3-1.4x for 1m, where the compiled loop gained 1.3x; 1.0-1.1x for
+# 12m, whose compiled loop was faster in bf16), hence the margin.
+FILTER_FP32_MIN_SPEEDUP = 1.2
 
 
 def cpu_flags() -> set:
@@ -102,6 +116,60 @@ def choose_precision(requested: str, device: torch.device, width: int) -> tuple:
     speedup = fp32 / bf16
     choice = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
     return choice, f"{why}, bf16 products measured {speedup:.1f}x fp32's speed"
+
+
+def filter_step_seconds(rssm, rows: int, bf16: bool, rounds: int = 7) -> float:
+    """Seconds of one eager filtering step of `rows` rows, forward and backward, as the
+    training loop runs it: the weights frozen (RSSM.filter_batched takes their gradients in
+    one batched pass), the gradient going back to the state. Under bf16 autocast or not; the
+    fastest of `rounds` rounds of 3. Changes nothing in the model."""
+    device = rssm.cell.gates.weight.device
+    state = rssm.initial(rows, device)
+    embed = torch.randn(rows, rssm.posterior_net.in_dim - rssm.deter_dim, device=device)
+    action = torch.zeros(rows, rssm.action_size, device=device)
+    is_first = torch.zeros(rows, dtype=torch.bool, device=device)
+    uniform = torch.rand(rows, rssm.stoch, 1, device=device)
+
+    def step():
+        deter = state["deter"].clone().requires_grad_()
+        inputs = (deter, state["stoch"], action, embed, is_first, uniform)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            new, _, logits = rssm.filter_step(*inputs)
+        torch.autograd.grad(new.float().sum() + logits.float().sum(), deter)
+
+    with frozen(rssm.cell, rssm.posterior_net):
+        step()
+        best = float("inf")
+        for _ in range(rounds):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            for _ in range(3):
+                step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, (time.perf_counter() - start) / 3)
+    return best
+
+
+def choose_filter_precision(precision: str, requested: str, rssm, rows: int) -> tuple:
+    """(True or False, why): take the filtering loop in float32 under a bf16 run? Only where
+    the config's precision is "auto" and chose bf16 (a precision set in the config is kept
+    everywhere), and only where the step measures at least FILTER_FP32_MIN_SPEEDUP faster."""
+    if precision != "bf16" or requested != "auto":
+        return False, ""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per core, as choose_precision measures
+    try:
+        bf16 = filter_step_seconds(rssm, rows, bf16=True)
+        fp32 = filter_step_seconds(rssm, rows, bf16=False)
+    finally:
+        torch.set_num_threads(threads)
+    speedup = bf16 / fp32
+    measured = f"its {rows}-row step measured {speedup:.1f}x"
+    if speedup >= FILTER_FP32_MIN_SPEEDUP:
+        return True, f"filtering loop in fp32: {measured} faster"
+    return False, f"filtering loop in bf16: {measured} as fast in fp32"
 
 
 def choose_compile(requested, device: torch.device, updates: int) -> tuple:

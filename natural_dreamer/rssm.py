@@ -7,7 +7,7 @@ The model state has two parts (paper, "World model learning"):
 full_state = concat(h_t, flatten(z_t)) feeds every head.
 """
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -140,6 +140,7 @@ class RSSM(nn.Module):
         self.posterior_net = LatentNet(self.deter_dim + embed_dim, hidden, stoch, classes, mix)
         self.feat_dim = self.deter_dim + stoch_dim
         self.batch_weight_grads = False  # see batched_weight_grads()
+        self.filter_fp32 = False  # see filter()
 
     def initial(self, batch: int, device) -> dict:
         """The all-zero state an episode starts from."""
@@ -214,17 +215,26 @@ class RSSM(nn.Module):
     def filter(self, state, prev_actions, embed, is_first, uniform, probes=None):
         """The T filtering steps, one after another: observe's loop. uniform (T, B, S, 1);
         probes: T tensors (B, D + S * C) or None. Returns (states of (B, T, ...), posterior
-        logits (B, T, S, C))."""
+        logits (B, T, S, C)).
+
+        With filter_fp32 set (fastpath.choose_filter_precision, where it measures faster),
+        the loop runs in float32 under a bf16 autocast: B rows are too few for bf16 products
+        to pay for their casts. What comes after the loop is bf16 as before."""
+        device = embed.device.type
+        fp32 = self.filter_fp32 and torch.is_autocast_enabled(device)
+        if fp32:
+            embed = embed.float()
         deter, stoch = state["deter"], state["stoch"]
         deters, stochs, post_logits = [], [], []
-        for t in range(embed.shape[1]):
-            probe = None if probes is None else probes[t]
-            deter, stoch, logits = self.filter_step(
-                deter, stoch, prev_actions[:, t], embed[:, t], is_first[:, t], uniform[t], probe
-            )
-            deters.append(deter)
-            stochs.append(stoch)
-            post_logits.append(logits)
+        with torch.autocast(device, enabled=False) if fp32 else nullcontext():
+            for t in range(embed.shape[1]):
+                probe = None if probes is None else probes[t]
+                deter, stoch, logits = self.filter_step(
+                    deter, stoch, prev_actions[:, t], embed[:, t], is_first[:, t], uniform[t], probe
+                )
+                deters.append(deter)
+                stochs.append(stoch)
+                post_logits.append(logits)
         states = {"deter": torch.stack(deters, 1), "stoch": torch.stack(stochs, 1)}
         return states, torch.stack(post_logits, 1)
 

@@ -3,6 +3,7 @@
     python scripts/bench_filter_loop.py pendulum                   # as compile_networks builds it
     python scripts/bench_filter_loop.py pendulum --floats-as-inputs  # dynamo's default instead
     python scripts/bench_filter_loop.py pendulum --whole-update     # whole training steps
+    python scripts/bench_filter_loop.py pendulum --precision bf16   # not the config's own
 
 The loop is 64 steps of 16 rows, one after another, each a compiled graph call in both
 directions: a few milliseconds of arithmetic and a fixed cost per call, so per-call overheads
@@ -47,6 +48,9 @@ def main() -> None:
     parser.add_argument("--floats-as-inputs", action="store_true")
     parser.add_argument("--whole-update", action="store_true", help="time Dreamer.train_step")
     parser.add_argument("--repeats", type=int, default=60)
+    parser.add_argument(
+        "--precision", choices=["auto", "bf16", "fp32"], help="instead of the config's own"
+    )
     args = parser.parse_args()
 
     if args.floats_as_inputs:
@@ -58,7 +62,8 @@ def main() -> None:
 
         dreamer.compile_networks = floats_as_inputs
     use_heap_allocator()  # as main.py runs
-    config = load_config(args.config)
+    overrides = {"precision": args.precision} if args.precision else None
+    config = load_config(args.config, overrides)
     agent, batch = configured_agent(config)
     rssm, wm = agent.world_model.rssm, config.world_model
     B, T = wm.batch_size, wm.batch_length
@@ -79,7 +84,8 @@ def main() -> None:
     what = "training steps" if args.whole_update else f"{T} filtering steps of {B} rows"
     print(
         f"{host()}; {args.config}: {what}, precision "
-        f"{agent.precision}, compile {'on' if agent.compiled else 'off'}, "
+        f"{agent.precision}{' (loop fp32)' if rssm.filter_fp32 else ''}, "
+        f"compile {'on' if agent.compiled else 'off'}, "
         f"{torch.get_num_threads()} thread(s), Python floats as {floats}: "
         f"median {seconds * 1e3:.1f} ms per "
         + ("training step" if args.whole_update else "loop, forward and backward")

@@ -138,6 +138,37 @@ def test_a_set_precision_is_kept():
     assert choose_precision("bf16", CPU, 64) == ("bf16", "set in the config")
 
 
+def test_a_set_precision_keeps_the_filtering_loop_in_it(monkeypatch):
+    monkeypatch.setattr(fastpath, "filter_step_seconds", lambda *a, **k: pytest.fail("measured"))
+    rssm = Dreamer(VECTOR, 3, False, tiny_config()).world_model.rssm
+    assert fastpath.choose_filter_precision("bf16", "bf16", rssm, 16) == (False, "")
+    assert fastpath.choose_filter_precision("fp32", "auto", rssm, 16) == (False, "")
+
+
+@pytest.mark.parametrize("fp32_seconds, expected", [(1.0, False), (0.7, True)])
+def test_the_filtering_loop_goes_fp32_only_where_it_measures_faster(
+    monkeypatch, fp32_seconds, expected
+):
+    seconds = {True: 1.0, False: fp32_seconds}  # keyed by bf16
+    monkeypatch.setattr(fastpath, "filter_step_seconds", lambda rssm, rows, bf16: seconds[bf16])
+    monkeypatch.setattr(fastpath, "cpu_flags", lambda: {"amx_bf16", "avx512_bf16"})
+    monkeypatch.setattr(fastpath, "matmul_seconds", lambda dtype, *a, **k: dtype.itemsize / 4)
+    agent = Dreamer(VECTOR, 3, False, tiny_config(precision="auto"))
+    assert agent.precision == "bf16"
+    assert agent.world_model.rssm.filter_fp32 is expected
+    fp32 = f"filtering loop in fp32: its 4-row step measured {1 / fp32_seconds:.1f}x faster"
+    assert (fp32 if expected else "filtering loop in bf16") in agent.precision_reason
+
+
+def test_timing_a_filtering_step_changes_nothing_in_the_model():
+    rssm = Dreamer(VECTOR, 3, False, tiny_config()).world_model.rssm
+    before = {k: v.clone() for k, v in rssm.state_dict().items()}
+    for bf16 in (True, False):
+        assert fastpath.filter_step_seconds(rssm, 16, bf16, rounds=2) > 0
+    assert all(torch.equal(before[k], v) for k, v in rssm.state_dict().items())
+    assert all(p.grad is None and p.requires_grad for p in rssm.parameters())
+
+
 def test_compile_auto_weighs_the_warm_up_against_the_run(monkeypatch):
     assert choose_compile("auto", CPU, 100)[0] is False
     assert choose_compile("auto", CPU, 50_000)[0] is True
@@ -331,10 +362,13 @@ def test_compile_census_names_every_graph_and_why_it_is_new():
     ]
     functions = [row[2] for row in rows]
     assert sum(f.startswith("rollout_step") for f in functions) == 1
-    # The filter loop, its weight-gradient pass, and acting (no gradient, no autocast).
+    # The filter loop, its weight-gradient pass, and acting (no gradient, no autocast). The
+    # pass differs from the loop by its inputs' requires_grad, or where the loop runs in
+    # fp32 under bf16 (fastpath.choose_filter_precision, host-dependent) by autocast.
     filters = [f for f in functions if f.startswith("filter_step")]
     assert len(filters) == 3 and "first graph" in filters[0]
-    assert "requires_grad mismatch" in filters[1] and "GLOBAL_STATE changed" in filters[2]
+    assert "requires_grad mismatch" in filters[1] or "autocast(cpu)_enabled" in filters[1]
+    assert "GLOBAL_STATE changed: grad_mode" in filters[2]
     assert f"{len(rows)} graphs traced" in out.stdout
     assert re.search(r"first training step [\d.]+ s, first act [\d.]+ s", out.stdout)
 

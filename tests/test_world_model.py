@@ -246,3 +246,32 @@ def test_compile_without_a_cpp_compiler_says_what_to_install(monkeypatch):
     monkeypatch.setattr("natural_dreamer.dreamer.shutil.which", lambda name: None)
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler.*--compile false"):
         Dreamer(VECTOR, 3, False, tiny_config(compile=True))
+
+
+def test_the_filtering_loop_in_fp32_under_bf16_is_the_fp32_loop():
+    """RSSM.filter_fp32 (chosen by fastpath where the 16-row step measures faster in fp32):
+    under a bf16 autocast the loop's states and logits are exactly those of the loop run
+    without autocast, in float32, while the bf16 loop's differ from them."""
+    agent = Dreamer(VECTOR, 3, False, tiny_config())
+    rssm = agent.world_model.rssm
+    B, T = 4, 6
+    torch.manual_seed(0)
+    embed = torch.randn(B, T, rssm.posterior_net.in_dim - rssm.deter_dim)
+    steps = (torch.rand(B, T, 3) * 2 - 1, embed, torch.zeros(B, T, dtype=torch.bool))
+    uniform = torch.rand(T, B, rssm.stoch, 1)
+
+    def loop(bf16, fp32_loop):
+        rssm.filter_fp32 = fp32_loop
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return rssm.filter(rssm.initial(B, torch.device("cpu")), *steps, uniform)
+
+    (fp32_states, fp32_logits), (kept_states, kept_logits), (_, bf16_logits) = (
+        loop(False, False),
+        loop(True, True),
+        loop(True, False),
+    )
+    assert kept_states["deter"].dtype == kept_logits.dtype == torch.float32
+    assert torch.equal(kept_states["deter"], fp32_states["deter"])
+    assert torch.equal(kept_states["stoch"], fp32_states["stoch"])
+    assert torch.equal(kept_logits, fp32_logits)
+    assert not torch.equal(bf16_logits.float(), fp32_logits)  # bf16 did change the loop
