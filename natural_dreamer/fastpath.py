@@ -139,7 +139,9 @@ def filter_step_seconds(rssm, rows: int, rounds: int = 9) -> tuple:
         torch.autograd.grad(new.float().sum() + logits.float().sum(), deter)
 
     best = {True: float("inf"), False: float("inf")}
-    with frozen(rssm.cell, rssm.posterior_net):
+    # enable_grad: an agent may be built where gradients are off (scripts that only read a
+    # checkpoint), and the loop it measures always takes them.
+    with frozen(rssm.cell, rssm.posterior_net), torch.enable_grad():
         for bf16 in best:  # once untimed: first-call costs
             step(bf16)
         for _ in range(rounds):
