@@ -241,10 +241,9 @@ def table_user(names, repeats: int) -> None:
         updates = planned_updates(config)
         hours = (warmup + updates * step) / 3600
         projected = f"{hours * 60:.0f} min" if hours < 2 else f"{hours:.1f} h"
-        loop = " (filtering loop fp32)" if agent.world_model.rssm.filter_fp32 else ""
         print(
             f"| {name} | {config.model.preset} | {config.env.obs} | {wm.batch_size} x "
-            f"{wm.batch_length} | {agent.precision}{loop} | {'on' if agent.compiled else 'off'} "
+            f"{wm.batch_length} | {agent.precision_label} | {'on' if agent.compiled else 'off'} "
             f"| {warmup:.0f} | {step:.3f} | {updates:,} | {projected} |",
             flush=True,
         )

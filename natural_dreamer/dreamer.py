@@ -86,6 +86,12 @@ class Dreamer(nn.Module):
         )
         return explorer
 
+    @property
+    def precision_label(self) -> str:
+        """The precision as tables print it: "fp32", "bf16", or "bf16 (filtering loop fp32)"."""
+        loop = " (filtering loop fp32)" if self.world_model.rssm.filter_fp32 else ""
+        return self.precision + loop
+
     def autocast(self):
         """bf16 autocast for the training passes when the precision is bf16."""
         if self.precision == "bf16":

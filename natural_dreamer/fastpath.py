@@ -36,6 +36,8 @@ import ctypes
 import os
 import shutil
 import time
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -79,6 +81,29 @@ def native_bf16(device: torch.device) -> tuple:
     return False, "no avx512_bf16/amx_bf16 on this CPU"
 
 
+def round_seconds(fn, device: torch.device, calls: int) -> float:
+    """Seconds per call of `calls` calls of fn, the device's queued work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / calls
+
+
+@contextmanager
+def one_thread():
+    """Measure per core: a busy neighbour core cannot skew a ratio taken on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def matmul_seconds(dtype, width: int, device: torch.device, rounds: int = 7) -> float:
     """Seconds of one (1024 x width) @ (width x 4 width) product, the shape of a hidden layer
     over the imagined batch: the fastest of `rounds` rounds of 5, so that another process on
@@ -86,17 +111,7 @@ def matmul_seconds(dtype, width: int, device: torch.device, rounds: int = 7) -> 
     a = torch.randn(1024, width, device=device).to(dtype)
     b = torch.randn(width, 4 * width, device=device).to(dtype)
     a @ b
-    best = float("inf")
-    for _ in range(rounds):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, (time.perf_counter() - start) / 5)
-    return best
+    return min(round_seconds(lambda: a @ b, device, 5) for _ in range(rounds))
 
 
 def choose_precision(requested: str, device: torch.device, width: int) -> tuple:
@@ -106,13 +121,9 @@ def choose_precision(requested: str, device: torch.device, width: int) -> tuple:
     native, why = native_bf16(device)
     if not native:
         return "fp32", why
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # per core: a busy neighbour core cannot skew the ratio
-    try:
+    with one_thread():
         fp32 = matmul_seconds(torch.float32, width, device)
         bf16 = matmul_seconds(torch.bfloat16, width, device)
-    finally:
-        torch.set_num_threads(threads)
     speedup = fp32 / bf16
     choice = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
     return choice, f"{why}, bf16 products measured {speedup:.1f}x fp32's speed"
@@ -146,14 +157,7 @@ def filter_step_seconds(rssm, rows: int, rounds: int = 9) -> tuple:
             step(bf16)
         for _ in range(rounds):
             for bf16 in best:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                for _ in range(3):
-                    step(bf16)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                best[bf16] = min(best[bf16], (time.perf_counter() - start) / 3)
+                best[bf16] = min(best[bf16], round_seconds(partial(step, bf16), device, 3))
     return best[True], best[False]
 
 
@@ -163,12 +167,8 @@ def choose_filter_precision(precision: str, requested: str, rssm, rows: int) -> 
     everywhere), and only where the step measures at least FILTER_FP32_MIN_SPEEDUP faster."""
     if precision != "bf16" or requested != "auto":
         return False, ""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # per core, as choose_precision measures
-    try:
+    with one_thread():
         bf16, fp32 = filter_step_seconds(rssm, rows)
-    finally:
-        torch.set_num_threads(threads)
     speedup = bf16 / fp32
     measured = f"its {rows}-row step measured {speedup:.1f}x"
     if speedup >= FILTER_FP32_MIN_SPEEDUP:

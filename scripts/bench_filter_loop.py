@@ -84,8 +84,7 @@ def main() -> None:
     what = "training steps" if args.whole_update else f"{T} filtering steps of {B} rows"
     print(
         f"{host()}; {args.config}: {what}, precision "
-        f"{agent.precision}{' (loop fp32)' if rssm.filter_fp32 else ''}, "
-        f"compile {'on' if agent.compiled else 'off'}, "
+        f"{agent.precision_label}, compile {'on' if agent.compiled else 'off'}, "
         f"{torch.get_num_threads()} thread(s), Python floats as {floats}: "
         f"median {seconds * 1e3:.1f} ms per "
         + ("training step" if args.whole_update else "loop, forward and backward")

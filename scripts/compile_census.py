@@ -99,7 +99,7 @@ def main(argv=None):
     use_heap_allocator()
     config = load_config(args.config, {"compile": True})
     agent, batch = configured_agent(config)
-    print(f"{host()}; {args.config}: precision {agent.precision}, backend {args.backend}")
+    print(f"{host()}; {args.config}: precision {agent.precision_label}, backend {args.backend}")
     cache = os.environ["TORCHINDUCTOR_CACHE_DIR"]
     print(f"inductor cache {cache}, {torch.get_num_threads()} thread(s)")
     times = []

@@ -127,7 +127,7 @@ def main() -> None:
     print(host())
     print(
         f"{args.config}: preset {config.model.preset}, obs {config.env.obs}, batch "
-        f"{wm.batch_size} x {wm.batch_length}, precision {agent.precision}, compile "
+        f"{wm.batch_size} x {wm.batch_length}, precision {agent.precision_label}, compile "
         f"{'on' if agent.compiled else 'off'}, {torch.get_num_threads()} thread(s)"
     )
     print(
