@@ -81,6 +81,14 @@ def native_bf16(device: torch.device) -> tuple:
     return False, "no avx512_bf16/amx_bf16 on this CPU"
 
 
+def own_generator(device: torch.device) -> torch.Generator:
+    """A random stream for a measurement's inputs, apart from the global one: what a
+    start-up measurement draws must not move the training's random numbers, or one seed
+    would train differently wherever the measurement runs (bf16 hosts under precision
+    "auto") and wherever it does not (other hosts, a precision set in the config)."""
+    return torch.Generator(device).manual_seed(0)
+
+
 def round_seconds(fn, device: torch.device, calls: int) -> float:
     """Seconds per call of `calls` calls of fn, the device's queued work included."""
     if device.type == "cuda":
@@ -108,8 +116,9 @@ def matmul_seconds(dtype, width: int, device: torch.device, rounds: int = 7) -> 
     """Seconds of one (1024 x width) @ (width x 4 width) product, the shape of a hidden layer
     over the imagined batch: the fastest of `rounds` rounds of 5, so that another process on
     the machine does not decide the choice."""
-    a = torch.randn(1024, width, device=device).to(dtype)
-    b = torch.randn(width, 4 * width, device=device).to(dtype)
+    draw = own_generator(device)
+    a = torch.randn(1024, width, device=device, generator=draw).to(dtype)
+    b = torch.randn(width, 4 * width, device=device, generator=draw).to(dtype)
     a @ b
     return min(round_seconds(lambda: a @ b, device, 5) for _ in range(rounds))
 
@@ -134,13 +143,16 @@ def filter_step_seconds(rssm, rows: int, rounds: int = 9) -> tuple:
     backward, as the training loop runs it: the weights frozen (RSSM.filter_batched takes
     their gradients in one batched pass), the gradient going back to the state. Timed under
     bf16 autocast and without it in alternating rounds of 3, the fastest round of each, so
-    that a machine whose pace drifts moves both alike. Changes nothing in the model."""
+    that a machine whose pace drifts moves both alike. Changes nothing in the model, and draws
+    nothing from the global random stream."""
     device = rssm.cell.gates.weight.device
     state = rssm.initial(rows, device)
-    embed = torch.randn(rows, rssm.posterior_net.in_dim - rssm.deter_dim, device=device)
+    draw = own_generator(device)
+    embed_dim = rssm.posterior_net.in_dim - rssm.deter_dim
+    embed = torch.randn(rows, embed_dim, device=device, generator=draw)
     action = torch.zeros(rows, rssm.action_size, device=device)
     is_first = torch.zeros(rows, dtype=torch.bool, device=device)
-    uniform = torch.rand(rows, rssm.stoch, 1, device=device)
+    uniform = torch.rand(rows, rssm.stoch, 1, device=device, generator=draw)
 
     def step(bf16):
         deter = state["deter"].clone().requires_grad_()
