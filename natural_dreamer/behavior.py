@@ -161,6 +161,23 @@ class Behavior(nn.Module):
             feats, raw_actions = self.imagine(world_model, start)  # (N, H+1, F), (N, H, A)
             rewards, reward_metrics = reward_fn(world_model, feats, raw_actions)
             cont = torch.sigmoid(world_model.continue_head(feats[:, 1:]).float())  # (N, H)
+        real = {key: batch[key] for key in ("reward", "is_first", "is_terminal")}
+        actor_loss, critic_loss, metrics = self.rollout_losses(
+            feats, raw_actions, rewards, cont, real, replay_feats
+        )
+        return actor_loss, critic_loss, {**metrics, **reward_metrics}
+
+    def rollout_losses(self, feats, raw_actions, rewards, cont, real, replay_feats):
+        """The actor's and the critic's losses on an imagined rollout.
+
+        feats (N, H + 1, F) and raw_actions (N, H, A) from `imagine`; rewards and cont (N, H)
+        the world model's predictions for s_1 ... s_H; real: the batch's "reward", "is_first"
+        and "is_terminal" (B, T), N = B * T. A function of its inputs alone (besides the
+        return normaliser's running range), so compile: true makes it one compiled region:
+        eager, its few hundred small operations cost more than their arithmetic.
+        """
+        B, T = real["is_terminal"].shape
+        dynamics = self.actor_grad == "dynamics"
         # One critic pass over the imagined states: its loss trains the critic, and its mean
         # is v_t for the returns. Under "dynamics" v_t must pass gradient to the actor through
         # the world model (never into the critic), which takes a second, frozen pass.
@@ -173,7 +190,7 @@ class Behavior(nn.Module):
         discounts = self.discount * cont
         returns = lambda_returns(rewards, values, discounts, self.lambda_)  # (N, H)
         # weight_t = c_0 * prod_{i<=t} gamma * c_i: how likely the imagined step is reached.
-        start_alive = 1.0 - batch["is_terminal"].float().reshape(B * T, 1)
+        start_alive = 1.0 - real["is_terminal"].float().reshape(B * T, 1)
         weight = start_alive * torch.cat([torch.ones_like(cont[:, :1]), discounts[:, :-1]], 1)
         weight = weight.cumprod(1).detach()  # (N, H)
 
@@ -188,7 +205,7 @@ class Behavior(nn.Module):
         actor_loss = -(weight * (objective + self.entropy_scale * entropy)).mean()
 
         critic_loss, critic_metrics = self.critic_loss(
-            critic_dist, feats, returns, weight, batch, (B, T), replay_feats
+            critic_dist, feats, returns, weight, real, (B, T), replay_feats
         )
         metrics = {
             "actor/loss": actor_loss.detach(),
@@ -199,7 +216,6 @@ class Behavior(nn.Module):
             "critic/value": values.mean().detach(),
             "world_model/imagined_reward": rewards.mean().detach(),
             **critic_metrics,
-            **reward_metrics,
         }
         return actor_loss, critic_loss, metrics
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from natural_dreamer.behavior import Behavior
 from natural_dreamer.distributed import average_gradients
+from natural_dreamer.distributions import twohot_bins
 from natural_dreamer.exploration import Plan2Explore
 from natural_dreamer.fastpath import (
     choose_compile,
@@ -20,7 +21,7 @@ from natural_dreamer.fastpath import (
     choose_precision,
     planned_updates,
 )
-from natural_dreamer.networks import MLP, ImageDecoder, ImageEncoder, model_sizes
+from natural_dreamer.networks import MLP, ImageDecoder, ImageEncoder, TwoHotHead, model_sizes
 from natural_dreamer.optim import clip_gradients, make_optimizer
 from natural_dreamer.rssm import LatentNet, RecurrentCell
 from natural_dreamer.world_model import WorldModel
@@ -268,3 +269,18 @@ def compile_networks(agent: nn.Module) -> None:
     behaviors = [agent.behavior] + ([agent.explorer.behavior] if agent.explorer else [])
     for behavior in behaviors:
         behavior.rollout_step = torch.compile(behavior.rollout_step, dynamic=True)
+    # What follows the loops, each as one region too: the world model's heads and losses on
+    # the filtered states, and the actor's and critic's losses on the imagined rollout.
+    # Eager, their few hundred small operations each pay a fixed cost (on two threads, a
+    # fork and join of the thread pool): the 1m update 0.197 -> 0.173 s (AVX-512 BF16
+    # EPYC, two threads, docs/performance.md session 22), for about 35 s more first compile.
+    wm = agent.world_model
+    wm.prediction_losses = torch.compile(wm.prediction_losses, dynamic=True)
+    for behavior in behaviors:
+        behavior.rollout_losses = torch.compile(behavior.rollout_losses, dynamic=True)
+    # The two-hot bins are made on first use and cached per (count, device): made inside a
+    # region, that first use changes what the region's guards read, and its next call would
+    # compile the region a second time.
+    for module in agent.modules():
+        if isinstance(module, TwoHotHead):
+            twohot_bins(module.out.out_features, module.out.weight.device)

@@ -76,13 +76,13 @@ def lambda_returns(
         (B, H) returns R_0 ... R_{H-1}.
     """
     H = rewards.shape[1]
-    returns = torch.empty_like(rewards)
+    returns = []  # R_{H-1} ... R_0; stacked once at the end rather than written in one by one
     next_return = values[:, H]
     for t in range(H - 1, -1, -1):
         bootstrap = (1 - lambda_) * values[:, t + 1] + lambda_ * next_return
         next_return = rewards[:, t] + continues[:, t] * bootstrap
-        returns[:, t] = next_return
-    return returns
+        returns.append(next_return)
+    return torch.stack(returns[::-1], 1)
 
 
 def seed_everything(seed: int) -> None:

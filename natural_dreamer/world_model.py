@@ -85,10 +85,21 @@ class WorldModel(nn.Module):
         states, post_logits, prior_logits = self.rssm.observe(
             embed, batch["action"], batch["is_first"], state, first_action
         )
+        total, metrics = self.prediction_losses(
+            states, post_logits, prior_logits, obs, batch["reward"], batch["is_terminal"]
+        )
+        if not keep_graph:
+            states = {key: value.detach() for key, value in states.items()}
+        return total, metrics, states
+
+    def prediction_losses(self, states, post_logits, prior_logits, obs, reward, is_terminal):
+        """The weighted sum of the decoder's, the reward's and the continue losses and the
+        KL terms for the filtered states, with their metrics. A function of its inputs
+        alone, so compile: true makes it one compiled region (heads, losses and the sum)."""
         feat = self.rssm.full_state(states)  # (B, T, F)
         losses = self.decoder.loss(feat, obs)  # each (B, T)
-        losses["reward"] = -self.reward_head(feat).log_prob(batch["reward"])
-        continues = 1.0 - batch["is_terminal"].float()  # a time-limit end is not a termination
+        losses["reward"] = -self.reward_head(feat).log_prob(reward)
+        continues = 1.0 - is_terminal.float()  # a time-limit end is not a termination
         cont_logits = self.continue_head(feat).float()
         losses["continue"] = F.binary_cross_entropy_with_logits(
             cont_logits, continues, reduction="none"
@@ -103,9 +114,7 @@ class WorldModel(nn.Module):
         metrics["world_model/dyn_loss"] = dyn.mean()
         metrics["world_model/rep_loss"] = rep.mean()
         metrics["world_model/loss"] = total
-        if not keep_graph:
-            states = {key: value.detach() for key, value in states.items()}
-        return total, metrics, states
+        return total, metrics
 
     @staticmethod
     def context(batch: dict):
