@@ -22,7 +22,7 @@ threads    one per core that no other process keeps busy, sampled from /proc/sta
            parallel region wait for the thread that shares its core: 0.161 s per smoke update
            beside one spinning process, 0.065 s with one thread (AMD EPYC, AVX-512 BF16,
            2026-12-02).
-compile    on where the run's gradient steps repay a warm-up of 1-2 minutes (at least
+compile    on where the run's gradient steps repay a warm-up of 1-3 minutes (at least
            COMPILE_MIN_UPDATES) and the toolchain is there (a C++ compiler on a CPU, Triton
            on CUDA); otherwise off.
 
@@ -205,7 +205,7 @@ def choose_compile(requested, device: torch.device, updates: int) -> tuple:
         return True, "set in the config"
     if updates < COMPILE_MIN_UPDATES:
         return False, f"{updates} updates do not repay the warm-up"
-    return True, f"{updates} updates repay the 1-2 minute warm-up"
+    return True, f"{updates} updates repay the 1-3 minute warm-up"
 
 
 # torch's own default when this module was imported: one thread per physical core. The
