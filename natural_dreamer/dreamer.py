@@ -19,6 +19,7 @@ from natural_dreamer.fastpath import (
     choose_compile,
     choose_filter_precision,
     choose_precision,
+    pin_vector_width,
     planned_updates,
 )
 from natural_dreamer.networks import MLP, ImageDecoder, ImageEncoder, TwoHotHead, model_sizes
@@ -253,6 +254,8 @@ def compile_networks(agent: nn.Module) -> None:
             "compile: true builds C++ kernels, but no C++ compiler (c++, g++ or clang++) is on "
             "PATH: install one (bash scripts/install.sh does) or run with --compile false"
         )
+    if cpu:
+        pin_vector_width()  # inductor's disk cache told apart by vector width
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     torch._functorch.config.donated_buffer = False
     torch._dynamo.config.specialize_float = True

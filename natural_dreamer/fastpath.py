@@ -29,7 +29,9 @@ compile    on where the run's gradient steps repay a warm-up of 1-3 minutes (at 
 `use_heap_allocator` keeps freed memory inside the process: glibc hands every block above its
 mmap threshold back to the kernel on free, and the next training step faults every page of
 it in again (measured: 1.3 million minor faults and 2.7 s of system time per 12m image step;
-45 thousand and 0.27 s with the setting). Nothing here needs the user to export anything.
+45 thousand and 0.27 s with the setting). `pin_vector_width` (called by compile_networks) files
+compiled graphs in inductor's disk cache by the CPU's vector width, so that a cache another
+kind of CPU wrote is never read as this one's. Nothing here needs the user to export anything.
 """
 
 import ctypes
@@ -288,3 +290,25 @@ def use_heap_allocator() -> bool:
     m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
     _HEAP_SET = bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))
     return _HEAP_SET
+
+
+def pin_vector_width() -> int:
+    """Write the vector width torch.compile's C++ kernels are generated for (this CPU's widest
+    that the compiler builds: 512 bits with AVX-512, 256 with AVX2) into inductor's config,
+    and return it (0: no vector instructions, scalar code).
+
+    Inductor caches compiled graphs on disk under a key made from the graph and its config,
+    and in torch 2.13 nothing in that key says which vector width the kernels were written
+    for. A cache written on a CPU of another width (a TORCHINDUCTOR_CACHE_DIR on a shared
+    disk, a copied home or container) is then read back as if it were this CPU's, and its
+    kernels compute garbage: a small compiled function written with AVX-512 and read back
+    under AVX2 was off by 897 and freed an invalid pointer on exit (AMD EPYC with AVX-512,
+    2026-12-06; the pendulum agent's training step corrupted the heap). With the width in
+    the config it is in the key, and each width finds only its own graphs. A width the
+    user set (config.cpp.simdlen) is kept."""
+    from torch._inductor import config
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    if config.cpp.simdlen is None:
+        config.cpp.simdlen = pick_vec_isa().bit_width()
+    return config.cpp.simdlen

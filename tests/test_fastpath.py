@@ -414,3 +414,70 @@ def test_the_filter_loop_benchmark_times_a_configs_loop(flags, what, floats):
     out = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert re.search(rf"smoke: {what}, .* floats as {floats}.*median [\d.]+ ms", out.stdout)
+
+
+def test_compiling_the_networks_pins_the_vector_width(monkeypatch):
+    """compile_networks writes this CPU's vector width into inductor's config, which is part of
+    the key its disk cache files compiled graphs under (see the test below)."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    monkeypatch.setattr(inductor_config.cpp, "simdlen", None)
+    width = pick_vec_isa().bit_width()
+    agent = Dreamer(VECTOR, 3, False, tiny_config(compile=False))
+    try:
+        compile_networks(agent)
+        assert inductor_config.cpp.simdlen == width
+    finally:
+        torch._dynamo.reset()
+
+
+# A compiled function's values and gradient against eager PyTorch's, in a process whose vector
+# width ATEN_CPU_CAPABILITY may narrow (as if on another CPU); the inductor cache is the
+# caller's. Prints the largest difference.
+COMPILED_AGAINST_EAGER = """
+import torch
+from natural_dreamer.fastpath import pin_vector_width
+
+width = pin_vector_width()
+
+def f(x, w):
+    h = torch.nn.functional.silu(x @ w)
+    return (h * h.sigmoid()).sum(-1), torch.softmax(h, -1)
+
+x = torch.randn(37, 100, generator=torch.Generator().manual_seed(0))
+w = torch.randn(100, 203, generator=torch.Generator().manual_seed(1), requires_grad=True)
+diff = 0.0
+for g in (torch.compile(f, dynamic=True), f):
+    a, b = g(x, w)
+    (a.sum() + b.square().sum()).backward()
+    outputs = [a.detach(), b.detach(), w.grad]
+    w.grad = None
+    if g is not f:
+        compiled = outputs
+diff = max((c - e).abs().max().item() for c, e in zip(compiled, outputs))
+print(f"width {width} diff {diff}")
+"""
+
+
+def test_a_compile_cache_written_at_one_vector_width_is_not_read_at_another(tmp_path):
+    """torch 2.13's inductor cache key does not say which vector width its C++ kernels were
+    written for: without pin_vector_width, an AVX2 process reading the graphs an AVX-512 one
+    had cached computed garbage (this test's function off by 1018; AMD EPYC with AVX-512,
+    2026-12-06). One cache, three widths one after another: this CPU's own, AVX2, scalar.
+    On an AVX2-only host the first two are one width, and the check is that the scalar
+    process reads nothing wrong."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    widths = []
+    for capability in (None, "avx2", "default"):
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "PYTHONPATH": root}
+        env.pop("ATEN_CPU_CAPABILITY", None)
+        if capability:
+            env["ATEN_CPU_CAPABILITY"] = capability
+        command = [sys.executable, "-c", COMPILED_AGAINST_EAGER]
+        out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, f"{capability}: {out.stderr[-3000:]}"
+        width, diff = re.search(r"width (\d+) diff (\S+)", out.stdout).groups()
+        assert float(diff) < 1e-3, f"{capability} (width {width}): compiled differs by {diff}"
+        widths.append(int(width))
+    assert widths[2] == 0  # scalar code
