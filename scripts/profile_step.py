@@ -4,6 +4,7 @@
     python scripts/profile_step.py walker_walk_proprio --set compile=false precision=fp32
     python scripts/profile_step.py pendulum --steps 3 --rows 25
     python scripts/profile_step.py walker_walk_proprio --kernels   # compiled kernels one by one
+    python scripts/profile_step.py pendulum --products   # matrix products by shape, GFLOP/s
 
 Builds the agent the config describes (precision and compile as `auto` chooses them here,
 unless --set overrides them), trains it on a random batch shaped like replay until warm
@@ -12,6 +13,8 @@ per step, operators dispatched per step, and the operators with the most self CP
 --kernels also times each C++ kernel torch.compile generates (inductor's kernel profile, set
 before the first graph is built) and sums the step's time by kind: generated kernels,
 matrix products, copies, other operators, and the rest (graph calls, autograd, Python).
+--products lists the matrix products (not convolutions) by input shape with their GFLOP per
+step and the rate they ran at (torch.profiler's FLOP count): how far from the machine's peak.
 Run it on an idle machine, or with OMP_NUM_THREADS=1 beside another torch process.
 """
 
@@ -92,6 +95,36 @@ def print_kernels(events, steps: int, rows: int) -> None:
         )
 
 
+def product_rows(events, steps: int) -> list:
+    """[(ms per step, calls per step, GFLOP per step, GFLOP/s, name, input shapes)] for the
+    matrix products among `events` (objects with .key, .self_cpu_time_total in us, .count,
+    .flops and .input_shapes), dearest first: mm, addmm, bmm and baddbmm, the products
+    torch.profiler counts the FLOP of."""
+    rows = []
+    for event in events:
+        if event.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"):
+            seconds = event.self_cpu_time_total / 1e6 / steps
+            gflop = event.flops / 1e9 / steps
+            rate = gflop / seconds if seconds else 0.0
+            shapes = [shape for shape in event.input_shapes if shape]
+            rows.append((seconds * 1e3, event.count / steps, gflop, rate, event.key, shapes))
+    return sorted(rows, key=lambda row: -row[0])
+
+
+def print_products(events, steps: int, rows: int) -> None:
+    products = product_rows(events, steps)
+    ms = sum(row[0] for row in products)
+    gflop = sum(row[2] for row in products)
+    rate = gflop / ms * 1e3 if ms else 0.0
+    print(f"matrix products: {ms:.1f} ms per step, {gflop:.2f} GFLOP per step, {rate:.0f} GFLOP/s")
+    print(f"the {min(rows, len(products))} dearest by input shape:")
+    for ms, calls, gflop, rate, name, shapes in products[:rows]:
+        print(
+            f"{ms:8.2f} ms/step {calls:6.0f} calls {gflop:7.3f} GFLOP {rate:6.0f} GFLOP/s  "
+            f"{name} {shapes}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config")
@@ -102,6 +135,9 @@ def main() -> None:
     parser.add_argument("--shapes", action="store_true", help="group operators by input shape")
     parser.add_argument(
         "--kernels", action="store_true", help="time compiled kernels one by one, sum by kind"
+    )
+    parser.add_argument(
+        "--products", action="store_true", help="matrix products by shape: GFLOP and GFLOP/s"
     )
     args = parser.parse_args()
     if args.kernels:
@@ -119,10 +155,12 @@ def main() -> None:
     start = time.perf_counter()
     agent.train_step(batch)
     unprofiled = time.perf_counter() - start
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
+    shapes = args.shapes or args.products
+    activities = [ProfilerActivity.CPU]
+    with profile(activities=activities, record_shapes=shapes, with_flops=args.products) as prof:
         for _ in range(args.steps):
             agent.train_step(batch)
-    events = prof.key_averages(group_by_input_shape=args.shapes)
+    events = prof.key_averages(group_by_input_shape=shapes)
     calls = sum(event.count for event in events if event.key.startswith("aten::"))
     print(host())
     print(
@@ -141,6 +179,9 @@ def main() -> None:
         if not agent.compiled:
             print("--kernels: this agent is not compiled, so no generated kernels to time")
         print_kernels(events, args.steps, args.rows)
+    if args.products:
+        print()
+        print_products(events, args.steps, args.rows)
 
 
 if __name__ == "__main__":

@@ -481,3 +481,46 @@ def test_a_compile_cache_written_at_one_vector_width_is_not_read_at_another(tmp_
         assert float(diff) < 1e-3, f"{capability} (width {width}): compiled differs by {diff}"
         widths.append(int(width))
     assert widths[2] == 0  # scalar code
+
+
+def test_profile_step_products_gives_each_shape_its_gflop_and_rate():
+    """profile_step --products: a row per product and input shape, dearest first, with the
+    profiler's FLOP count turned into GFLOP per step and GFLOP/s; other operators left out."""
+    from types import SimpleNamespace as Event
+
+    profile_step = load_profile_step()
+    events = [  # over 2 profiled steps
+        Event(key="aten::addmm", self_cpu_time_total=4000, count=8, flops=6e8,
+              input_shapes=[[64], [1024, 640], [640, 64], [], []]),
+        Event(key="aten::bmm", self_cpu_time_total=10000, count=2, flops=4e9,
+              input_shapes=[[8, 1024, 64], [8, 64, 192]]),
+        Event(key="aten::mul", self_cpu_time_total=50000, count=100, flops=1e8,
+              input_shapes=[[1024, 64], [1024, 64]]),
+    ]  # fmt: skip
+    rows = profile_step.product_rows(events, 2)
+    assert [row[4] for row in rows] == ["aten::bmm", "aten::addmm"]
+    ms, calls, gflop, rate, _, shapes = rows[0]
+    assert (ms, calls, gflop) == (5.0, 1.0, 2.0) and rate == pytest.approx(400.0)
+    assert shapes == [[8, 1024, 64], [8, 64, 192]]
+    assert rows[1][:4] == (2.0, 4.0, 0.3, pytest.approx(150.0))
+    assert rows[1][5] == [[64], [1024, 640], [640, 64]]
+
+
+def test_emulate_avx2_runs_a_script_as_on_a_host_without_avx512(tmp_path):
+    """scripts/emulate_avx2.py: torch at AVX2, no native bf16 for the program's choices, and
+    an inductor cache of the run's own (a shared one would mix vector widths)."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import os, sys, torch\n"
+        "from natural_dreamer import fastpath\n"
+        "print(torch.backends.cpu.get_cpu_capability(), sys.argv[1:],\n"
+        "      fastpath.native_bf16(torch.device('cpu'))[0], os.environ['ONEDNN_MAX_CPU_ISA'],\n"
+        "      os.path.basename(os.environ['TORCHINDUCTOR_CACHE_DIR'])[:14])\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    command = [sys.executable, os.path.join(root, "scripts", "emulate_avx2.py"), str(script)]
+    out = subprocess.run(command + ["--x", "1"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[0].startswith("emulating AVX2: torch CPU capability AVX2")
+    assert out.stdout.splitlines()[1] == "AVX2 ['--x', '1'] False AVX2 inductor_avx2_"
