@@ -416,20 +416,22 @@ def test_the_filter_loop_benchmark_times_a_configs_loop(flags, what, floats):
     assert re.search(rf"smoke: {what}, .* floats as {floats}.*median [\d.]+ ms", out.stdout)
 
 
-def test_compiling_the_networks_pins_the_vector_width(monkeypatch):
+def test_compiling_the_networks_pins_the_vector_width():
     """compile_networks writes this CPU's vector width into inductor's config, which is part of
     the key its disk cache files compiled graphs under (see the test below)."""
     from torch._inductor import config as inductor_config
     from torch._inductor.cpu_vec_isa import pick_vec_isa
 
-    monkeypatch.setattr(inductor_config.cpp, "simdlen", None)
-    width = pick_vec_isa().bit_width()
-    agent = Dreamer(VECTOR, 3, False, tiny_config(compile=False))
-    try:
-        compile_networks(agent)
-        assert inductor_config.cpp.simdlen == width
-    finally:
-        torch._dynamo.reset()
+    # config.patch, not monkeypatch: pytest would restore the setting by deleting it (the
+    # class inductor's config replaces has no such attribute), which hides it for good.
+    with inductor_config.patch({"cpp.simdlen": None}):
+        width = pick_vec_isa().bit_width()
+        agent = Dreamer(VECTOR, 3, False, tiny_config(compile=False))
+        try:
+            compile_networks(agent)
+            assert inductor_config.cpp.simdlen == width
+        finally:
+            torch._dynamo.reset()
 
 
 # A compiled function's values and gradient against eager PyTorch's, in a process whose vector
