@@ -509,20 +509,26 @@ def test_profile_step_products_gives_each_shape_its_gflop_and_rate():
 
 
 def test_emulate_avx2_runs_a_script_as_on_a_host_without_avx512(tmp_path):
-    """scripts/emulate_avx2.py: torch at AVX2, no native bf16 for the program's choices, and
-    an inductor cache of the run's own (a shared one would mix vector widths)."""
+    """scripts/emulate_avx2.py: torch at AVX2, no native bf16 for the program's choices, an
+    inductor cache of the run's own (a shared one would mix vector widths), and the same in
+    a Python process the script starts."""
     script = tmp_path / "probe.py"
+    child = "import torch; from natural_dreamer import fastpath; "
+    child += "print('child', fastpath.native_bf16(torch.device('cpu'))[0])"
     script.write_text(
-        "import os, sys, torch\n"
+        "import os, subprocess, sys, torch\n"
         "from natural_dreamer import fastpath\n"
         "print(torch.backends.cpu.get_cpu_capability(), sys.argv[1:],\n"
         "      fastpath.native_bf16(torch.device('cpu'))[0], os.environ['ONEDNN_MAX_CPU_ISA'],\n"
         "      os.path.basename(os.environ['TORCHINDUCTOR_CACHE_DIR'])[:14])\n"
+        f"subprocess.run([sys.executable, '-c', {child!r}], check=True)\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     command = [sys.executable, os.path.join(root, "scripts", "emulate_avx2.py"), str(script)]
     out = subprocess.run(command + ["--x", "1"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines()[0].startswith("emulating AVX2: torch CPU capability AVX2")
-    assert out.stdout.splitlines()[1] == "AVX2 ['--x', '1'] False AVX2 inductor_avx2_"
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("emulating AVX2: torch CPU capability AVX2")
+    assert lines[1] == "AVX2 ['--x', '1'] False AVX2 inductor_avx2_"
+    assert lines[2] == "child False"  # a process it started: no native bf16 either
