@@ -48,7 +48,9 @@ fastpath.cpu_flags = lambda: set(_narrowed)
 def emulate() -> None:
     """Set up this process and the Python processes it starts (before torch is imported) as
     if their CPU had AVX2 at most."""
-    if "torch" in sys.modules:
+    # torch reads ATEN_CPU_CAPABILITY once, when imported: only an emulated parent (whose
+    # sitecustomize imported it here already) may have imported it before.
+    if "torch" in sys.modules and os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":
         raise RuntimeError("emulate() must run before torch is imported")
     os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
     os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
