@@ -113,10 +113,13 @@ def product_rows(events, steps: int) -> list:
 
 def print_products(events, steps: int, rows: int) -> None:
     products = product_rows(events, steps)
-    ms = sum(row[0] for row in products)
-    gflop = sum(row[2] for row in products)
-    rate = gflop / ms * 1e3 if ms else 0.0
-    print(f"matrix products: {ms:.1f} ms per step, {gflop:.2f} GFLOP per step, {rate:.0f} GFLOP/s")
+    total_ms = sum(row[0] for row in products)
+    total_gflop = sum(row[2] for row in products)
+    total_rate = total_gflop / total_ms * 1e3 if total_ms else 0.0
+    print(
+        f"matrix products: {total_ms:.1f} ms per step, {total_gflop:.2f} GFLOP per step, "
+        f"{total_rate:.0f} GFLOP/s"
+    )
     print(f"the {min(rows, len(products))} dearest by input shape:")
     for ms, calls, gflop, rate, name, shapes in products[:rows]:
         print(
@@ -156,8 +159,8 @@ def main() -> None:
     agent.train_step(batch)
     unprofiled = time.perf_counter() - start
     shapes = args.shapes or args.products
-    activities = [ProfilerActivity.CPU]
-    with profile(activities=activities, record_shapes=shapes, with_flops=args.products) as prof:
+    cpu = [ProfilerActivity.CPU]
+    with profile(activities=cpu, record_shapes=shapes, with_flops=args.products) as prof:
         for _ in range(args.steps):
             agent.train_step(batch)
     events = prof.key_averages(group_by_input_shape=shapes)

@@ -447,17 +447,17 @@ def f(x, w):
     h = torch.nn.functional.silu(x @ w)
     return (h * h.sigmoid()).sum(-1), torch.softmax(h, -1)
 
-x = torch.randn(37, 100, generator=torch.Generator().manual_seed(0))
-w = torch.randn(100, 203, generator=torch.Generator().manual_seed(1), requires_grad=True)
-diff = 0.0
-for g in (torch.compile(f, dynamic=True), f):
+def values_and_gradient(g):
     a, b = g(x, w)
     (a.sum() + b.square().sum()).backward()
-    outputs = [a.detach(), b.detach(), w.grad]
-    w.grad = None
-    if g is not f:
-        compiled = outputs
-diff = max((c - e).abs().max().item() for c, e in zip(compiled, outputs))
+    grad, w.grad = w.grad, None
+    return [a.detach(), b.detach(), grad]
+
+x = torch.randn(37, 100, generator=torch.Generator().manual_seed(0))
+w = torch.randn(100, 203, generator=torch.Generator().manual_seed(1), requires_grad=True)
+compiled = values_and_gradient(torch.compile(f, dynamic=True))
+eager = values_and_gradient(f)
+diff = max((c - e).abs().max().item() for c, e in zip(compiled, eager))
 print(f"width {width} diff {diff}")
 """
 
