@@ -19,6 +19,7 @@ from natural_dreamer.fastpath import (
     choose_compile,
     choose_filter_precision,
     choose_precision,
+    machine_id,
     pin_vector_width,
     planned_updates,
 )
@@ -64,6 +65,7 @@ class Dreamer(nn.Module):
             self.precision, config.precision, rssm, config.world_model.batch_size
         )
         self.precision_reason += f"; {why}" if why else ""
+        self.measured_reason = self.precision_reason  # what a checkpoint records
         self.compiled, self.compile_reason = choose_compile(
             config.compile, self.device, planned_updates(config)
         )
@@ -87,6 +89,40 @@ class Dreamer(nn.Module):
             explorer.behavior.critic.parameters(), opt.critic_lr, config
         )
         return explorer
+
+    def measured_choices(self) -> dict:
+        """The precisions this agent computes in and where they came from, with the machine
+        that chose them: what a checkpoint records (Trainer.state_dict)."""
+        return {
+            "machine": machine_id(self.device),
+            "precision": self.precision,
+            "filter_fp32": self.world_model.rssm.filter_fp32,
+            "reason": self.measured_reason,
+        }
+
+    def keep_measured_choices(self, saved: dict | None) -> bool:
+        """On resuming a run whose config leaves the precision to `auto`: take the choices the
+        checkpoint records when they were measured on this kind of machine, instead of this
+        start's own measurement. A measurement near its threshold can fall either way from
+        one start to the next (the 1m filtering loop: 1.2x against a line at 1.2x, AVX-512
+        BF16 EPYC), and a resumed run that switched precision would no longer be the run it
+        continues. Another machine, or a precision set in the config, keeps this start's
+        choices, and the start-up line says how the run computed before where that differs.
+        Returns whether the saved choices were taken."""
+        if not saved:
+            return False
+        if self.config.precision != "auto" or saved["machine"] != machine_id(self.device):
+            loop = " (filtering loop fp32)" if saved["filter_fp32"] else ""
+            before = f"{saved['precision']}{loop} on {saved['machine']}"
+            if self.precision_label != saved["precision"] + loop:
+                self.precision_reason += f"; the run so far computed in {before}"
+            return False
+        self.precision = saved["precision"]
+        self.world_model.rssm.filter_fp32 = bool(saved["filter_fp32"])
+        self.measured_reason = saved["reason"]
+        kept = "kept from the checkpoint, measured on this machine"
+        self.precision_reason = f"{kept}: {self.measured_reason}"
+        return True
 
     @property
     def precision_label(self) -> str:

@@ -494,6 +494,7 @@ class Trainer:
                 "random_policy": self.random_policy.rng.bit_generator.state,
             },
             "config": self.config.to_dict(),
+            "measured_choices": self.agent.measured_choices(),
         }
 
     def save_due(self) -> bool:
@@ -557,6 +558,8 @@ class Trainer:
             ) from None
         for name, opt in self.agent.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
+        # The same precisions as the run so far where this is the machine that chose them.
+        self.agent.keep_measured_choices(state.get("measured_choices"))
         self.buffer.load_state_dict(torch_to_numpy(state["buffer"]))
         counters = state["counters"]
         for key in ("env_steps", "policy_steps", "gradient_steps", "train_policy_steps"):

@@ -532,3 +532,61 @@ def test_emulate_avx2_runs_a_script_as_on_a_host_without_avx512(tmp_path):
     assert lines[0].startswith("emulating AVX2: torch CPU capability AVX2")
     assert lines[1] == "AVX2 ['--x', '1'] False AVX2 inductor_avx2_"
     assert lines[2] == "child False"  # a process it started: no native bf16 either
+
+
+def test_a_resumed_run_keeps_the_precisions_measured_on_the_machine_that_chose_them(
+    tmp_path, monkeypatch
+):
+    """A start-up measurement near its threshold can fall either way from one start to the
+    next. A run resumed on the machine that measured its choices keeps them (so it goes on as
+    the run it continues); on another machine, or with a precision set in the config, the
+    resumed run's own choice holds."""
+    from natural_dreamer import dreamer
+    from natural_dreamer.loop import Trainer
+
+    monkeypatch.setattr(fastpath, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.setattr(fastpath, "matmul_seconds", lambda dtype, *a, **k: dtype.itemsize / 4)
+    monkeypatch.setattr(fastpath, "filter_step_seconds", lambda rssm, rows: (1.0, 0.8))
+    config = load_config("smoke", {"train.video": False})
+    first = Trainer(config, root=tmp_path, quiet=True)
+    assert first.agent.precision_label == "bf16 (filtering loop fp32)"
+    measured = first.agent.precision_reason
+    first.save("latest")
+
+    # The next start measures the loop 1.19x faster in fp32: bf16 by its own measurement.
+    monkeypatch.setattr(fastpath, "filter_step_seconds", lambda rssm, rows: (1.0, 0.84))
+    resumed = Trainer(config, root=tmp_path, quiet=True)
+    assert resumed.agent.precision_label == "bf16"
+    resumed.resume("latest")
+    assert resumed.agent.precision_label == "bf16 (filtering loop fp32)"
+    assert (
+        resumed.agent.precision_reason
+        == f"kept from the checkpoint, measured on this machine: {measured}"
+    )
+    # Saved again, the checkpoint records the measurement itself, not a chain of "kept".
+    assert resumed.agent.measured_choices()["reason"] == measured
+
+    monkeypatch.setattr(dreamer, "machine_id", lambda device: "cpu: another model; avx2")
+    elsewhere = Trainer(config, root=tmp_path, quiet=True)
+    elsewhere.resume("latest")
+    assert elsewhere.agent.precision_label == "bf16"
+    assert "kept" not in elsewhere.agent.precision_reason
+    before = "bf16 (filtering loop fp32) on cpu: "
+    assert f"; the run so far computed in {before}" in elsewhere.agent.precision_reason
+
+    monkeypatch.undo()
+    set_fp32 = Trainer(
+        load_config("smoke", {"train.video": False, "precision": "fp32"}), root=tmp_path, quiet=True
+    )
+    set_fp32.resume("latest")
+    assert set_fp32.agent.precision_label == "fp32"
+    assert set_fp32.agent.precision_reason.startswith(
+        f"set in the config; the run so far computed in {before}"
+    )
+
+
+def test_the_machine_id_names_the_cpu_model_and_its_vector_sets(monkeypatch):
+    monkeypatch.setattr(fastpath, "cpu_flags", lambda: {"fpu", "avx2", "amx_bf16", "sse4_2"})
+    assert re.fullmatch(r"cpu: .+; amx_bf16 avx2", fastpath.machine_id(CPU))
+    monkeypatch.setattr(fastpath, "cpu_flags", lambda: {"fpu", "avx2"})
+    assert fastpath.machine_id(CPU).endswith("; avx2")
