@@ -95,6 +95,7 @@ class Dreamer(nn.Module):
         that chose them: what a checkpoint records (Trainer.state_dict)."""
         return {
             "machine": machine_id(self.device),
+            "measured": self.config.precision == "auto",
             "precision": self.precision,
             "filter_fp32": self.world_model.rssm.filter_fp32,
             "reason": self.measured_reason,
@@ -106,12 +107,16 @@ class Dreamer(nn.Module):
         start's own measurement. A measurement near its threshold can fall either way from
         one start to the next (the 1m filtering loop: 1.2x against a line at 1.2x, AVX-512
         BF16 EPYC), and a resumed run that switched precision would no longer be the run it
-        continues. Another machine, or a precision set in the config, keeps this start's
-        choices, and the start-up line says how the run computed before where that differs.
-        Returns whether the saved choices were taken."""
+        continues. Another machine, a precision set in the config now, or one that was set
+        when the checkpoint was made keeps this start's choices, and the start-up line says
+        how the run computed before where that differs. Returns whether the saved choices
+        were taken."""
         if not saved:
             return False
-        if self.config.precision != "auto" or saved["machine"] != machine_id(self.device):
+        same_machine = saved["machine"] == machine_id(self.device)
+        # Checkpoints of commit 4fb8917 lack "measured"; a set precision's reason said so.
+        measured = saved.get("measured", saved["reason"] != "set in the config")
+        if self.config.precision != "auto" or not measured or not same_machine:
             loop = " (filtering loop fp32)" if saved["filter_fp32"] else ""
             before = f"{saved['precision']}{loop} on {saved['machine']}"
             if self.precision_label != saved["precision"] + loop:

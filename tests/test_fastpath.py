@@ -539,8 +539,9 @@ def test_a_resumed_run_keeps_the_precisions_measured_on_the_machine_that_chose_t
 ):
     """A start-up measurement near its threshold can fall either way from one start to the
     next. A run resumed on the machine that measured its choices keeps them (so it goes on as
-    the run it continues); on another machine, or with a precision set in the config, the
-    resumed run's own choice holds."""
+    the run it continues); on another machine, with a precision set in the config, or from a
+    checkpoint whose precision was set rather than measured, the resumed run's own choice
+    holds, and its reason says how the run computed before."""
     from natural_dreamer import dreamer
     from natural_dreamer.loop import Trainer
 
@@ -550,7 +551,7 @@ def test_a_resumed_run_keeps_the_precisions_measured_on_the_machine_that_chose_t
     config = load_config("smoke", {"train.video": False})
     first = Trainer(config, root=tmp_path, quiet=True)
     assert first.agent.precision_label == "bf16 (filtering loop fp32)"
-    measured = first.agent.precision_reason
+    measured, first_choices = first.agent.precision_reason, first.agent.measured_choices()
     first.save("latest")
 
     # The next start measures the loop 1.19x faster in fp32: bf16 by its own measurement.
@@ -583,6 +584,20 @@ def test_a_resumed_run_keeps_the_precisions_measured_on_the_machine_that_chose_t
     assert set_fp32.agent.precision_reason.startswith(
         f"set in the config; the run so far computed in {before}"
     )
+    # A precision that was set, not measured, is no measurement to keep: `auto` measures.
+    set_fp32.save("latest")
+    monkeypatch.setattr(fastpath, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.setattr(fastpath, "matmul_seconds", lambda dtype, *a, **k: dtype.itemsize / 4)
+    monkeypatch.setattr(fastpath, "filter_step_seconds", lambda rssm, rows: (1.0, 1.0))
+    auto_again = Trainer(config, root=tmp_path, quiet=True)
+    auto_again.resume("latest")
+    assert "kept" not in auto_again.agent.precision_reason
+    assert "; the run so far computed in fp32 on cpu: " in auto_again.agent.precision_reason
+    # Checkpoints from before the "measured" key: a set precision's reason said so.
+    legacy = {key: value for key, value in first_choices.items() if key != "measured"}
+    assert not auto_again.agent.keep_measured_choices({**legacy, "reason": "set in the config"})
+    assert auto_again.agent.keep_measured_choices(legacy)
+    assert auto_again.agent.precision_label == "bf16 (filtering loop fp32)"
 
 
 def test_the_machine_id_names_the_cpu_model_and_its_vector_sets(monkeypatch):
