@@ -41,6 +41,7 @@ from natural_dreamer.envs import make_env
 from natural_dreamer.fastpath import (
     choose_threads,
     cpu_flags,
+    cpu_model,
     native_bf16,
     planned_updates,
     use_heap_allocator,
@@ -198,12 +199,8 @@ def env_steps_per_second(env_config: dict, steps: int = 2000) -> float:
 
 def host() -> str:
     """The CPU model and whether it has native bf16, for every printed figure."""
-    model = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
-        "unknown CPU",
-    )
     native = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-    cpu = f"{model}; {'+'.join(native) if native else 'no native bf16 (AVX2 or less)'}"
+    cpu = f"{cpu_model()}; {'+'.join(native) if native else 'no native bf16 (AVX2 or less)'}"
     return f"{torch.cuda.get_device_name(DEVICE)} (timed), {cpu}" if DEVICE.type == "cuda" else cpu
 
 

@@ -117,10 +117,11 @@ class Dreamer(nn.Module):
         # Checkpoints of commit 4fb8917 lack "measured"; a set precision's reason said so.
         measured = saved.get("measured", saved["reason"] != "set in the config")
         if self.config.precision != "auto" or not measured or not same_machine:
-            loop = " (filtering loop fp32)" if saved["filter_fp32"] else ""
-            before = f"{saved['precision']}{loop} on {saved['machine']}"
-            if self.precision_label != saved["precision"] + loop:
-                self.precision_reason += f"; the run so far computed in {before}"
+            before = precision_label(saved["precision"], saved["filter_fp32"])
+            if self.precision_label != before:
+                self.precision_reason += (
+                    f"; the run so far computed in {before} on {saved['machine']}"
+                )
             return False
         self.precision = saved["precision"]
         self.world_model.rssm.filter_fp32 = bool(saved["filter_fp32"])
@@ -132,8 +133,7 @@ class Dreamer(nn.Module):
     @property
     def precision_label(self) -> str:
         """The precision as tables print it: "fp32", "bf16", or "bf16 (filtering loop fp32)"."""
-        loop = " (filtering loop fp32)" if self.world_model.rssm.filter_fp32 else ""
-        return self.precision + loop
+        return precision_label(self.precision, self.world_model.rssm.filter_fp32)
 
     def autocast(self):
         """bf16 autocast for the training passes when the precision is bf16."""
@@ -267,6 +267,11 @@ class Dreamer(nn.Module):
         raw = policy.sample() if explore else policy.mode()
         action = policy.to_env(raw)
         return action.cpu().numpy().astype(np.float32), {**rssm_state, "action": action}
+
+
+def precision_label(precision: str, filter_fp32: bool) -> str:
+    """ "fp32", "bf16", or "bf16 (filtering loop fp32)": a precision as tables print it."""
+    return precision + (" (filtering loop fp32)" if filter_fp32 else "")
 
 
 # The modules whose forward passes torch.compile fuses: every Linear/conv -> RMSNorm -> SiLU

@@ -83,6 +83,18 @@ def native_bf16(device: torch.device) -> tuple:
     return False, "no avx512_bf16/amx_bf16 on this CPU"
 
 
+def cpu_model() -> str:
+    """The CPU's model name as Linux reports it ("unknown CPU" where it does not)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def machine_id(device: torch.device) -> str:
     """What the measured choices depend on, in one line: the GPU's name, or the CPU's model
     and the vector instruction sets its kernels use. A checkpoint records it beside the
@@ -90,16 +102,8 @@ def machine_id(device: torch.device) -> str:
     Dreamer.keep_measured_choices)."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     vector = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
-    return f"cpu: {model}; {' '.join(vector) or 'no AVX2'}"
+    return f"cpu: {cpu_model()}; {' '.join(vector) or 'no AVX2'}"
 
 
 def own_generator(device: torch.device) -> torch.Generator:
