@@ -189,7 +189,7 @@ class Behavior(nn.Module):
             values = critic_dist.mean.detach()
         discounts = self.discount * cont
         returns = lambda_returns(rewards, values, discounts, self.lambda_)  # (N, H)
-        # weight_t = c_0 * prod_{i<=t} gamma * c_i: how likely the imagined step is reached.
+        # weight_t = c_0 * prod_{1<=i<=t} gamma * c_i: how likely the imagined step is reached.
         start_alive = 1.0 - real["is_terminal"].float().reshape(B * T, 1)
         weight = start_alive * torch.cat([torch.ones_like(cont[:, :1]), discounts[:, :-1]], 1)
         weight = weight.cumprod(1).detach()  # (N, H)

@@ -3,16 +3,17 @@
     torchrun --nproc_per_node K main.py CONFIG
 
 starts K copies of main.py. Each process (a "rank") runs its own environments into its own
-replay buffer and samples batch_size / K sequences per update; after every backward pass the
-gradients are averaged over the ranks, so all ranks take the same optimiser step and their
-parameters stay identical, as if one process had trained on all K half-batches at once.
+replay buffer and samples batch_size / K sequences per update; after the update's backward
+pass each optimiser's gradients are averaged over the ranks, so all ranks take the same
+optimiser step and their parameters stay identical, as if one process had trained on all K
+half-batches at once.
 
 Why an explicit all-reduce and not DistributedDataParallel: DDP hooks into one forward and
-one backward of one module, while a Dreamer update is three backward passes (world model,
-actor, critic) through many sub-modules called in loops. Averaging the gradients of the
-module an optimiser owns, right before it clips and steps, is the same arithmetic in a few
-lines that can be read. Buffers that are not trained (the return normaliser's statistics)
-follow rank 0, as DDP's do.
+one backward of one module, while a Dreamer update is one backward pass of three summed
+losses (world model, actor, critic), each reaching its own module, through many sub-modules
+called in loops. Averaging the gradients of the module an optimiser owns, right before it
+clips and steps, is the same arithmetic in a few lines that can be read. Buffers that are
+not trained (the return normaliser's statistics) follow rank 0, as DDP's do.
 
 Without torchrun (no WORLD_SIZE in the environment) every function here is a no-op, so the
 single-process code path is the same code.

@@ -65,7 +65,10 @@ def test_smoke_writes_every_output(smoke_run):
     assert list(metrics.columns[:3]) == ["env_steps", "gradient_steps", "episode_return"]
     assert metrics["env_steps"].is_monotonic_increasing and metrics["env_steps"].iloc[-1] == 600
     assert metrics["gradient_steps"].iloc[-1] == 100  # (600 - 200 prefill) * 16 / 64
-    assert metrics["world_model/loss"].notna().any() and "eval_return" in metrics
+    assert metrics["world_model/loss"].notna().any()
+    # Both ways of reporting (pitfall 11): the sampling policy's training episodes, and the
+    # evaluation episodes of its mode at each checkpoint.
+    assert metrics["return_last10"].notna().all() and metrics["eval_return"].notna().any()
     assert (out / "plots" / "smoke_run.html").is_file() and (
         out / "plots" / "plotly.min.js"
     ).is_file()
@@ -148,6 +151,20 @@ def test_diagnose_walker_reads_a_checkpoint_and_its_csv(smoke_run):
         assert out.count(f"| {policy} |") == 2  # imagined and real
     assert "Reward head along those episodes" in out and "correlation" in out
     assert "From smoke_run.csv" in out and "| 600 |" in out  # the CSV's last training row
+
+
+def test_render_quality_trains_a_world_model_on_both_kinds_of_frame():
+    """scripts/render_quality.py (design.md's evidence for env.fast_render) runs end to end:
+    it called Dreamer.update with an old signature and failed after collecting, unnoticed."""
+    result = run_script("render_quality.py", "--episodes", "1", "--updates", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "collected 501 steps per variant" in out and "pixel difference" in out
+    for split in ("train", "held-out"):
+        label = f"| {split} world_model/image_loss |"
+        row = next(line for line in out.splitlines() if label in line)
+        full, fast = (float(cell) for cell in row.strip("|").split("|")[1:])
+        assert 0 < full < 1e5 and 0 < fast < 1e5  # finite summed squared errors of real frames
 
 
 def test_resume_continues_the_same_run(smoke_run, tmp_path):

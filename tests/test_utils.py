@@ -130,6 +130,19 @@ def test_two_hot_dist_mean_and_log_prob():
     assert torch.isclose(dist.log_prob(bins[130]), torch.tensor(0.0))
 
 
+def test_two_hot_dist_computes_in_float32_from_bf16_logits():
+    """Under bf16 autocast the heads hand over bf16 logits; the softmax, log-softmax, mean and
+    log-likelihood must still be float32 (pitfall 3): the same numbers as from the float32
+    copy of those logits, where bf16 arithmetic would be off in the third digit."""
+    torch.manual_seed(0)
+    logits = (torch.randn(8, 255) * 3).bfloat16()
+    targets = symexp(torch.randn(8) * 4)
+    low, ref = TwoHotDist(logits), TwoHotDist(logits.float())
+    assert low.mean.dtype == torch.float32 and low.log_prob(targets).dtype == torch.float32
+    assert torch.equal(low.mean, ref.mean)
+    assert torch.equal(low.log_prob(targets), ref.log_prob(targets))
+
+
 def test_two_hot_dist_equals_the_dense_formulas_with_their_gradient():
     """mean = sum(softmax * bins) and log_prob = sum(two_hot(x) * log_softmax), written
     densely; the distribution gathers two bins instead, to the same values and gradient."""
