@@ -22,12 +22,11 @@ USAGE = (
 
 def parse_args(argv: list) -> tuple:
     """Split argv into (config name, overrides [(key, value)], resume suffix, outdir)."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        raise SystemExit(0)
     if not argv or argv[0].startswith("-"):
-        raise SystemExit(
-            f"{USAGE}\n"
-            if argv and argv[0] in ("-h", "--help")
-            else f"error: no CONFIG given\n{USAGE}"
-        )
+        raise ValueError(f"no CONFIG given\n{USAGE}")
     name, rest = argv[0], argv[1:]
     overrides, resume, outdir = [], None, None
     if len(rest) % 2:

@@ -86,9 +86,12 @@ def make_optimizer(params, lr: float, config) -> torch.optim.Optimizer:
 
 
 def clip_gradients(params, config) -> torch.Tensor:
-    """Global-norm clipping for Adam (v1: 1000 for the world model, 100 for actor-critic).
+    """The global gradient norm of params, before clipping; under Adam the gradients are
+    rescaled in place so that norm is at most config.optimizer.clip_norm.
 
-    LaProp clips per parameter inside its step, so this returns the norm without clipping.
+    One limit serves every module (world model, actor and critic alike; v1 used 1000 for the
+    world model and 100 for the actor-critic). LaProp clips per parameter inside its step,
+    so under laprop this returns the norm without clipping.
     """
     params = [p for p in params if p.grad is not None]
     max_norm = config.optimizer.clip_norm if config.optimizer.name == "adam" else float("inf")

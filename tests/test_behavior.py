@@ -1,10 +1,13 @@
 """Behaviour learning: return normalisation, replay returns, where gradients go."""
 
+import math
+
 import pytest
 import torch
 
 from natural_dreamer import Dreamer
-from natural_dreamer.behavior import ReturnNormalizer, replay_returns
+from natural_dreamer.behavior import Behavior, ReturnNormalizer, replay_returns
+from natural_dreamer.networks import model_sizes
 
 from conftest import VECTOR, random_batch, tiny_config
 
@@ -108,7 +111,7 @@ def test_imagination_shapes_and_horizon():
 
 
 def test_slow_critic_follows_the_critic_by_ema():
-    agent = Dreamer(VECTOR, 2, False, tiny_config())
+    agent = Dreamer(VECTOR, 2, False, tiny_config(**{"behavior.critic_ema_decay": 0.5}))
     critic, slow = agent.behavior.critic, agent.behavior.slow_critic
     with torch.no_grad():
         for p in critic.parameters():
@@ -116,4 +119,72 @@ def test_slow_critic_follows_the_critic_by_ema():
     before = [p.clone() for p in slow.parameters()]
     agent.behavior.update_slow_critic()
     for old, new, fast in zip(before, slow.parameters(), critic.parameters(), strict=True):
-        assert torch.allclose(new, 0.98 * old + 0.02 * fast)
+        assert torch.allclose(new, 0.5 * old + 0.5 * fast)
+
+
+BEHAVIOR_SETTINGS = {
+    "behavior.discount_horizon": 100,  # gamma = 0.99
+    "behavior.actor_entropy": 0.01,
+    "behavior.action_min_std": 0.2,
+    "behavior.action_max_std": 0.7,
+    "behavior.critic_ema_decay": 0.5,
+    "behavior.critic_ema_reg": 0.3,
+    "behavior.return_norm_decay": 0.9,
+    "behavior.horizon": 4,
+}
+
+
+def make_behavior(**overrides) -> Behavior:
+    config = tiny_config(**{**BEHAVIOR_SETTINGS, **overrides})
+    torch.manual_seed(0)  # the same initial networks for every config
+    return Behavior(16, 2, False, model_sizes("1m"), config)
+
+
+def test_behavior_settings_reach_what_they_drive():
+    behavior = make_behavior()
+    assert behavior.discount == pytest.approx(0.99)
+
+    # Action std at extreme logits: exactly the configured ends of the range.
+    actor = behavior.actor
+    with torch.no_grad():
+        actor.out.weight.zero_()
+        actor.out.bias.copy_(torch.tensor([0.0, 0.0, 100.0, -100.0]))  # means, then stds
+    std = actor(torch.randn(3, 16)).dist.scale
+    torch.testing.assert_close(std[:, 0], torch.full((3,), 0.7))
+    torch.testing.assert_close(std[:, 1], torch.full((3,), 0.2))
+
+    # The return normaliser: range = (1 - 0.9) * (Per95 - Per5) after one update.
+    behavior.return_norm.update(torch.linspace(0, 100, 101))  # Per5 = 5, Per95 = 95
+    torch.testing.assert_close(behavior.return_norm.range, torch.tensor(9.0))
+
+
+def test_entropy_bonus_and_critic_regulariser_weights_by_hand():
+    """rollout_losses on the same rollout with actor_entropy 0.01 and critic_ema_reg 0.3, and
+    with both 0. The actor's output layer is zeroed, so every state's policy is Normal(0, s)
+    per action dimension with s = 0.2 + 0.5 sigmoid(2); the critics' output layers start at
+    zero, so every two-hot target scores -log 255. With cont = 1 and no termination the
+    weights are gamma^t = 0.99^t, t < H = 4, and every replayed step is alive."""
+    N, H, A = 6, 4, 2  # N = B * T with B = 2, T = 3
+    feats, raw = torch.randn(N, H + 1, 16), torch.randn(N, H, A)
+    rewards, cont = torch.randn(N, H), torch.ones(N, H)
+    real = {
+        "reward": torch.randn(2, 3),
+        "is_first": torch.zeros(2, 3, dtype=torch.bool),
+        "is_terminal": torch.zeros(2, 3, dtype=torch.bool),
+    }
+    losses = []
+    for settings in ({}, {"behavior.actor_entropy": 0.0, "behavior.critic_ema_reg": 0.0}):
+        behavior = make_behavior(**settings)
+        with torch.no_grad():
+            behavior.actor.out.weight.zero_()
+            behavior.actor.out.bias.zero_()
+        actor_loss, critic_loss, _ = behavior.rollout_losses(feats, raw, rewards, cont, real, None)
+        losses.append((actor_loss.item(), critic_loss.item()))
+    (actor_on, critic_on), (actor_off, critic_off) = losses
+    std = 0.2 + 0.5 / (1 + math.exp(-2.0))
+    entropy = A * (0.5 * math.log(2 * math.pi * math.e) + math.log(std))
+    mean_weight = sum(0.99**t for t in range(H)) / H
+    assert actor_on - actor_off == pytest.approx(-0.01 * mean_weight * entropy, rel=1e-4)
+    # imagined: 0.3 * mean(weight * log 255); replay (scale 0.3): 0.3 * mean(alive * log 255)
+    expected = 0.3 * math.log(255) * (mean_weight + 0.3 * 1.0)
+    assert critic_on - critic_off == pytest.approx(expected, rel=1e-4)

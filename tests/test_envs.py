@@ -200,12 +200,30 @@ def test_dmc_time_limit_is_truncation_after_action_repeat():
 def test_cartpole_terminates_and_action_repeat_sums_rewards():
     env = make_env(gym_config("CartPole-v1", action_repeat=2), seed=0)
     env.reset()
-    steps = []
+    inner_step = env.gym_env.step
+    inner = []  # (reward, terminated) of each gymnasium step the current wrapper step made
+
+    def counting_step(action):
+        out = inner_step(action)
+        inner.append((float(out[1]), bool(out[2])))
+        return out
+
+    env.gym_env.step = counting_step
+    steps, made = [], []
     while not steps or not steps[-1]["is_last"]:
+        inner.clear()
         steps.append(env.step(np.array([1.0, 0.0])))
+        made.append(list(inner))
     assert steps[-1]["is_terminal"] and len(steps) < 50
+    # Every step before the end repeats the action twice, none of them terminating.
+    assert all(m == [(1.0, False), (1.0, False)] for m in made[:-1])
     assert all(s["reward"] == 2.0 for s in steps[:-1])
-    assert steps[-1]["reward"] in (1.0, 2.0)  # the repeat stops at termination
+    # Seed 0 terminates on the first step of the last pair, so the repeat must stop there:
+    # one inner step, not two, and the reward is that one step's.
+    assert made[-1] == [(1.0, True)]
+    assert steps[-1]["reward"] == 1.0
+    # CartPole counts steps taken past termination; there must be none.
+    assert env.gym_env.unwrapped.steps_beyond_terminated in (None, 0)
     env.close()
 
 

@@ -4,6 +4,7 @@ page faults from freed buffers."""
 import os
 import re
 import resource
+import select
 import subprocess
 import sys
 import time
@@ -327,17 +328,29 @@ def test_a_core_a_process_spins_on_reads_as_busy():
     """Whatever else the machine runs, the core a spinner is pinned to is busy, and
     cpu_times must say so (reading idle time as busy, or the wrong column, would not)."""
     core = max(os.sched_getaffinity(0))
-    code = "import time\nend = time.time() + 30\nwhile time.time() < end: pass"
-    spinner = subprocess.Popen([sys.executable, "-c", code])
+    # The child pins itself, then says so from inside its spin loop: the measurement starts
+    # only once it spins on that core, however long a loaded machine takes to get it there.
+    code = (
+        "import os, sys, time\n"
+        f"os.sched_setaffinity(0, {{{core}}})\n"
+        "end, said = time.time() + 30, False\n"
+        "while time.time() < end:\n"
+        "    if not said:\n"
+        "        print('spinning', flush=True)\n"
+        "        said = True\n"
+    )
+    spinner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        os.sched_setaffinity(spinner.pid, {core})
-        time.sleep(0.3)  # let it start spinning there
+        ready, _, _ = select.select([spinner.stdout], [], [], 20)
+        assert ready, "the spinner did not start spinning within 20 s"
+        assert spinner.stdout.readline().strip() == "spinning"
         before = fastpath.cpu_times()
         time.sleep(0.5)
         busy = fastpath.busy_cores(before, fastpath.cpu_times(), [core])
     finally:
         spinner.kill()
         spinner.wait()
+        spinner.stdout.close()
     assert busy > 0.85, busy
 
 

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -128,6 +129,77 @@ def test_the_first_eta_after_prefill_leaves_out_a_slow_start(tmp_path):
     assert 0.0 < float(etas[1][:-2]) <= (walls[1] - walls[0]) - 4.0, (etas, walls)
 
 
+def test_eta_is_the_last_intervals_seconds_per_env_step_times_the_steps_left():
+    """Trainer.eta on set marks, where the pace of the last interval, of the whole run and
+    of the interval since the warm-up mark all give different answers."""
+    from types import SimpleNamespace
+
+    from natural_dreamer.loop import Trainer
+
+    run = SimpleNamespace(
+        config=SimpleNamespace(train=SimpleNamespace(steps=1000)),
+        eta_mark=None,
+        env_steps=0,
+        gradient_steps=0,
+    )
+
+    def row_at(wall_seconds, env_steps, gradient_steps):
+        run.env_steps, run.gradient_steps = env_steps, gradient_steps
+        return Trainer.eta(run, {"wall_seconds": wall_seconds})
+
+    assert row_at(5.0, 200, 0) == "-"  # the first row: no interval before it
+    run.eta_mark = (10.0, 250, 3)  # as gradient_step sets it at the 3rd update
+    # 30 s for the 150 env steps since the 3rd update: 0.2 s each, 600 left = 120 s
+    # (the whole run's pace, 40 s / 400, would say 60 s)
+    assert row_at(40.0, 400, 50) == "2 min"
+    # 6 s for the last 200: 0.03 s each, 400 left = 12 s (whole run: 46 / 600 * 400 = 31 s;
+    # since the warm-up mark: 36 / 350 * 400 = 41 s)
+    assert row_at(46.0, 600, 100) == "12 s"
+    # An interval without gradient steps gives no pace; the next one is measured from it.
+    assert row_at(50.0, 700, 100) == "-"
+    # 25 s for the last 100: 0.25 s each, 200 left = 50 s (from the row before: 29 s)
+    assert row_at(75.0, 800, 150) == "50 s"
+    run.config.train.steps = 1_000_000
+    # 90 s for the last 100: 0.9 s each, 999,100 left = 899,190 s = 249.775 h
+    assert row_at(165.0, 900, 200) == "249.8 h"
+
+
+def test_return_last10_is_the_mean_of_the_last_ten_training_episodes(tmp_path):
+    """Pitfall 11: episodes with returns 1, 2, ..., 12 go through Trainer.step as finished
+    episodes; the row after the 3rd has return_last10 = mean(1, 2, 3) = 2.0 and the row
+    after the 12th has mean(3, ..., 12) = 7.5 (episode_return: that row's own episodes)."""
+    from types import SimpleNamespace
+
+    from natural_dreamer import load_config
+    from natural_dreamer.loop import Trainer
+
+    trainer = Trainer(load_config("smoke", {"train.video": False}), root=tmp_path, quiet=True)
+    trainer.envs.close()
+
+    class Episodes:  # the collector's interface: one environment, an episode each step
+        count = 1
+        returns = iter(range(1, 13))
+
+        def step(self, policy):
+            return [{"return": float(next(self.returns)), "length": 1}]
+
+    rows = []
+    trainer.collector, trainer.logger = Episodes(), SimpleNamespace(log=rows.append)
+    bar = SimpleNamespace(update=lambda n: None, set_postfix=lambda **kwargs: None)
+    try:
+        for _ in range(3):
+            trainer.step(bar)
+        trainer.log_row()
+        for _ in range(9):
+            trainer.step(bar)
+        trainer.log_row()
+    finally:
+        trainer.eval_env.close()
+    assert trainer.env_steps == 12 and trainer.gradient_steps == 0  # still in prefill
+    assert [row["return_last10"] for row in rows] == [2.0, 7.5]
+    assert [row["episode_return"] for row in rows] == [2.0, 8.0]  # mean(1..3), mean(4..12)
+
+
 def test_inspect_policy_reads_the_smoke_checkpoint(smoke_run):
     checkpoint = smoke_run[0] / "checkpoints" / "smoke_run_0.1k.pth"
     result = run_script("inspect_policy.py", str(checkpoint), "--rows", "4")
@@ -184,6 +256,62 @@ def test_unknown_config_lists_available(tmp_path):
     assert result.returncode == 2
     assert "unknown config 'walker_wlak'" in result.stderr and "smoke" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+USAGE = (
+    "usage: python main.py CONFIG [--KEY VALUE ...] [--max_steps N] [--envs N] "
+    "[--resume SUFFIX] [--outdir DIR]"
+)
+
+
+def run_main_as_typed(*args, cwd):
+    """main.py with exactly these arguments (run_main appends --outdir), from `cwd`."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seed"], "error: '--seed' has no value; options come in pairs: --KEY VALUE"),
+        (
+            ["--seed", "3", "--envs"],
+            "error: '--envs' has no value; options come in pairs: --KEY VALUE",
+        ),
+        (["seed", "3"], "error: expected --KEY before 'seed'"),
+        (["--seed", "3", "4", "--envs"], "error: expected --KEY before '4'"),
+    ],
+    ids=["key-without-value", "last-key-without-value", "value-without-key", "two-values"],
+)
+def test_options_out_of_pairs_stop_with_one_line(tmp_path, args, message):
+    out = tmp_path / "out"
+    result = run_main_as_typed("smoke", "--outdir", str(out), *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == message + "\n" and result.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # not even the --outdir folder
+
+
+@pytest.mark.parametrize("args", [[], ["--outdir", "out"]], ids=["no-arguments", "only-outdir"])
+def test_no_config_says_so_and_shows_the_usage(tmp_path, args):
+    before = repository_files()
+    result = run_main_as_typed(*args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""  # a bad input, as every other
+    assert result.stderr.splitlines() == ["error: no CONFIG given", USAGE]
+    assert list(tmp_path.iterdir()) == [] and repository_files() == before
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_shows_the_usage_and_starts_nothing(tmp_path, flag):
+    before = repository_files()
+    result = run_main_as_typed(flag, cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == "", result
+    assert result.stdout == USAGE + "\n"  # that line alone
+    assert list(tmp_path.iterdir()) == [] and repository_files() == before
 
 
 def test_unknown_key_names_closest(tmp_path):
@@ -285,8 +413,18 @@ def test_dmc_pixels_run_a_few_steps_with_dream_video(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     dream = sorted((tmp_path / "videos").glob("walker_walk_run_*_dream.mp4"))
     assert dream, os.listdir(tmp_path / "videos")
-    frames = read_video(dream[-1])
-    assert frames.shape[2] > frames.shape[1]  # real beside predicted: twice as wide
+    frames = read_video(dream[-1]).astype(np.int16)
+    # An episode of 60 env steps at action repeat 2: the first observation and 30 more. Each
+    # frame is 64x64 real, a 2 px white bar, 64x64 predicted (64x130), upscaled 4 times
+    # (256x520), then padded with black to a multiple of 16 (256x528).
+    assert frames.shape == (31, 256, 528, 3)
+    real, bar, predicted, padding = (
+        frames[:, :, a:b] for a, b in [(0, 256), (256, 264), (264, 520), (520, 528)]
+    )
+    assert bar.mean() > 235 and padding.mean() < 20, (bar.mean(), padding.mean())
+    # A world model trained for 60 env steps does not reproduce the real frames.
+    difference = np.abs(real - predicted).mean()  # about 90 here; 0.2 for identical halves
+    assert difference > 10, difference
 
 
 def test_a_new_run_never_overwrites_another(smoke_run):

@@ -225,15 +225,19 @@ def test_the_world_model_starts_from_the_stored_state():
     batch = agent.batch_to_torch(random_batch(VECTOR, 2, False, B=2, T=4))
     batch["is_first"][:] = False
     rssm = agent.world_model.rssm
+    generator = torch.Generator().manual_seed(3)
+    classes = torch.randint(0, rssm.classes, (2, rssm.stoch), generator=generator)
     stored = {
-        "deter": torch.rand(2, rssm.deter_dim),
-        "stoch": torch.zeros(2, rssm.stoch, rssm.classes),
+        "deter": torch.rand(2, rssm.deter_dim, generator=generator) * 2 - 1,
+        "stoch": nn.functional.one_hot(classes, rssm.classes).float(),
     }
-    stored["stoch"][..., 0] = 1
+    # An action unlike zero, unlike the sequence's own first action, and unequal per entry.
+    context_action = torch.tensor([[0.5, -0.25], [0.75, 0.125]])
+    assert not torch.allclose(context_action, batch["action"][:, 0].float())
     context = {
         "context_deter": stored["deter"],
         "context_stoch": stored["stoch"],
-        "context_action": torch.ones(2, 2),
+        "context_action": context_action,
         "context_valid": torch.tensor([True, False]),
     }
     torch.manual_seed(0)
@@ -243,6 +247,16 @@ def test_the_world_model_starts_from_the_stored_state():
     # Sequence 0 starts from its stored state; sequence 1 has none and starts from zeros.
     assert not torch.allclose(with_context["deter"][0, 0], from_zero["deter"][0, 0])
     assert torch.allclose(with_context["deter"][1], from_zero["deter"][1])
+    # h_1 = f(h_0, z_0, a_0): the recurrent cell applied to the stored state of the context
+    # step and the action taken there; for sequence 1, to all-zero inputs.
+    D, SC, A = rssm.deter_dim, rssm.stoch * rssm.classes, 2
+    with torch.no_grad():
+        expected_0 = rssm.cell(
+            stored["deter"][:1], stored["stoch"][:1].reshape(1, SC), context_action[:1]
+        )[0]
+        expected_1 = rssm.cell(torch.zeros(1, D), torch.zeros(1, SC), torch.zeros(1, A))[0]
+    assert torch.allclose(with_context["deter"][0, 0], expected_0, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(with_context["deter"][1, 0], expected_1, rtol=1e-5, atol=1e-6)
 
 
 def test_the_online_queue_trains_each_fresh_chunk_once_before_uniform_draws():

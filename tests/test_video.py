@@ -1,5 +1,7 @@
 """Tests for natural_dreamer.video: MP4 round trip, upscaling, side-by-side frames."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -66,18 +68,35 @@ def test_side_by_side_shape_and_white_separator():
 
 
 @pytest.mark.parametrize(
-    "frames",
+    "frames, message",
     [
-        np.zeros((64, 64, 3), dtype=np.uint8),  # one frame without the N axis
-        np.zeros((2, 64, 64, 4), dtype=np.uint8),  # RGBA
-        np.zeros((2, 64, 64, 3), dtype=np.float32),  # floats
-        np.zeros((0, 64, 64, 3), dtype=np.uint8),  # no frames
-        [],
+        # one frame without the N axis
+        (
+            np.zeros((64, 64, 3), dtype=np.uint8),
+            "frames must have shape (N, H, W, 3), got (64, 64, 3)",
+        ),
+        # RGBA
+        (
+            np.zeros((2, 64, 64, 4), dtype=np.uint8),
+            "frames must have shape (N, H, W, 3), got (2, 64, 64, 4)",
+        ),
+        # floats
+        (
+            np.zeros((2, 64, 64, 3), dtype=np.float32),
+            "frames must be uint8 in [0, 255], got dtype float32",
+        ),
+        # no frames
+        (
+            np.zeros((0, 64, 64, 3), dtype=np.uint8),
+            "frames must hold at least one non-empty frame, got (0, 64, 64, 3)",
+        ),
+        ([], "frames must have shape (N, H, W, 3), got (0,)"),  # np.asarray([]) is 1-D
     ],
     ids=["ndim", "channels", "dtype", "zero-frames", "empty-list"],
 )
-def test_write_video_rejects_bad_frames(tmp_path, frames):
-    with pytest.raises(ValueError):
+def test_write_video_rejects_bad_frames(tmp_path, frames, message):
+    # The package's own message, not a ValueError numpy or ffmpeg raises on the way.
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         write_video(tmp_path / "bad.mp4", frames)
     assert not any(tmp_path.iterdir())
 

@@ -116,19 +116,108 @@ def test_world_model_step_gradients(obs_space, discrete):
     assert posterior["deter"].shape[:2] == (3, 6) and not posterior["deter"].requires_grad
 
 
+def prior_net_gradient(kl_dyn: float, kl_rep: float) -> torch.Tensor:
+    """The summed |gradient| of WorldModel.loss on the prior network's parameters."""
+    overrides = {
+        "world_model.free_nats": 0.0,
+        "world_model.kl_dyn": kl_dyn,
+        "world_model.kl_rep": kl_rep,
+    }
+    agent = Dreamer(VECTOR, 3, False, tiny_config(**overrides))
+    loss, metrics, _ = agent.world_model.loss(agent.batch_to_torch(random_batch(VECTOR, 3, False)))
+    assert metrics["world_model/rep_loss"] > 0  # the rep term is there, not clipped away
+    loss.backward()
+    grads = [p.grad for p in agent.world_model.rssm.prior_net.parameters()]
+    return sum(torch.zeros(()) if g is None else g.abs().sum() for g in grads)
+
+
+def test_kl_weights_reach_the_prior_only_through_kl_dyn():
+    """The rep term sees the prior through a stop-gradient: with kl_dyn 0 the prior network
+    (which nothing but the KL reads in WorldModel.loss) gets exactly no gradient however
+    large kl_rep is; kl_dyn > 0 trains it. Swapping the two weights fails here, though the
+    two terms have the same value."""
+    assert prior_net_gradient(kl_dyn=0.0, kl_rep=0.5) == 0
+    assert prior_net_gradient(kl_dyn=0.5, kl_rep=0.0) > 0
+
+
+def test_loss_scales_weight_each_term():
+    """Distinct weights on every term: the total is the hand-written weighted sum of the
+    per-term means the loss reports, and a zero reward scale keeps the reward head out."""
+    scales = {"image": 7.0, "vector": 2.0, "reward": 3.0, "continue": 5.0}
+    overrides = {f"world_model.loss_scales.{key}": value for key, value in scales.items()}
+    overrides |= {"world_model.kl_dyn": 0.5, "world_model.kl_rep": 0.25}
+    agent = Dreamer(MIXED, 3, False, tiny_config(**overrides))
+    batch = agent.batch_to_torch(random_batch(MIXED, 3, False))
+    loss, m, _ = agent.world_model.loss(batch)
+    expected = (
+        7.0 * m["world_model/image_loss"]
+        + 2.0 * m["world_model/vector_loss"]
+        + 3.0 * m["world_model/reward_loss"]
+        + 5.0 * m["world_model/continue_loss"]
+        + 0.5 * m["world_model/dyn_loss"]
+        + 0.25 * m["world_model/rep_loss"]
+    )
+    torch.testing.assert_close(loss, expected)
+    # An independent value for one term: the fresh reward head's output layer is zero, so
+    # every one of the 255 bins has probability 1/255 and any two-hot target scores log 255.
+    torch.testing.assert_close(m["world_model/reward_loss"], torch.tensor(float(np.log(255.0))))
+    # The metrics differ enough that a weight on the wrong term would change the sum.
+    values = [m[f"world_model/{key}_loss"].item() for key in ("image", "vector", "continue")]
+    assert len({round(v, 3) for v in values}) == 3
+
+    def reward_head_gradient(reward_scale: float) -> torch.Tensor:
+        config = tiny_config(**{**overrides, "world_model.loss_scales.reward": reward_scale})
+        agent = Dreamer(MIXED, 3, False, config)
+        agent.world_model.loss(agent.batch_to_torch(random_batch(MIXED, 3, False)))[0].backward()
+        grads = [p.grad for p in agent.world_model.reward_head.parameters()]
+        return sum(torch.zeros(()) if g is None else g.abs().sum() for g in grads)
+
+    assert reward_head_gradient(0.0) == 0
+    assert reward_head_gradient(1.0) > 0
+
+
 @pytest.mark.parametrize("obs_space", [IMAGE, VECTOR, MIXED], ids=["image", "vector", "mixed"])
 @pytest.mark.parametrize("discrete", [False, True], ids=["continuous", "discrete"])
 def test_full_train_step_changes_every_network(obs_space, discrete):
-    agent = Dreamer(obs_space, 3, discrete, tiny_config())
-    before = {k: v.clone() for k, v in agent.state_dict().items()}
-    metrics = agent.train_step(random_batch(obs_space, 3, discrete))
-    assert all(np.isfinite(v) for v in metrics.values()), metrics
-    after = agent.state_dict()
-    for prefix in ["world_model.encoder", "world_model.rssm", "behavior.actor", "behavior.critic"]:
-        changed = [
-            k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])
-        ]
-        assert changed, f"no parameter of {prefix} changed"
+    """Two training steps move every trainable tensor of the world model, the actor and the
+    critic (the reward head's hidden layers get a gradient only once its zero output layer
+    has moved, so one step is not enough for them), and each step pulls the slow critic
+    toward the critic by exactly the configured EMA."""
+    # No warm-up: the first steps' learning rate (lr / 1000) is near float32's resolution.
+    config = tiny_config(**{"behavior.critic_ema_decay": 0.75, "optimizer.warmup": 0})
+    agent = Dreamer(obs_space, 3, discrete, config)
+    behavior = agent.behavior
+    modules = {
+        "world_model": agent.world_model,
+        "actor": behavior.actor,
+        "critic": behavior.critic,
+    }
+
+    def trainable():
+        return {
+            f"{prefix}.{name}": p.detach().clone()
+            for prefix, module in modules.items()
+            for name, p in module.named_parameters()
+            if p.requires_grad
+        }
+
+    before = trainable()
+    for _ in range(2):
+        slow_before = [p.clone() for p in behavior.slow_critic.parameters()]
+        metrics = agent.train_step(random_batch(obs_space, 3, discrete))
+        assert all(np.isfinite(v) for v in metrics.values()), metrics
+        slow, fast_critic = behavior.slow_critic.parameters(), behavior.critic.parameters()
+        moved = False
+        for old, new, fast in zip(slow_before, slow, fast_critic, strict=True):
+            # slow <- 0.75 slow + 0.25 critic, with the critic as it is after its update
+            torch.testing.assert_close(new, 0.75 * old + 0.25 * fast, rtol=1e-6, atol=1e-7)
+            assert (new - fast).norm() <= (old - fast).norm()
+            moved = moved or not torch.equal(new, old)
+        assert moved, "the slow critic did not move"
+    after = trainable()
+    assert after.keys() == before.keys() and len(before) > 0
+    unchanged = [name for name in before if torch.equal(before[name], after[name])]
+    assert not unchanged, f"no update reached {unchanged}"
 
 
 @pytest.mark.parametrize("context", [False, True], ids=["zeros", "replay_context"])
@@ -189,14 +278,26 @@ def test_training_steps_leave_no_tensors_behind():
     assert after <= before, f"{after - before} tensors left behind by 3 training steps"
 
 
-def test_image_loss_is_a_summed_squared_error():
+def test_image_loss_by_hand(monkeypatch):
+    """The decoder forced to predict 0.25 everywhere, against images of known pixels: the
+    target is x / 255 - 0.5 and the loss sums the squared error over the 64 * 64 * 3 values
+    of each step (12288), one loss per (batch, time) entry."""
     agent = Dreamer(IMAGE, 2, False, tiny_config())
-    feat = torch.randn(2, 3, agent.world_model.rssm.feat_dim)
-    obs = {"image": torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8)}
-    pred = agent.world_model.decoder(feat)["image"]
-    target = obs["image"].float() / 255 - 0.5
-    expected = ((pred - target) ** 2).sum((-3, -2, -1))
-    assert torch.allclose(agent.world_model.decoder.loss(feat, obs)["image"], expected)
+    decoder = agent.world_model.decoder
+    monkeypatch.setattr(
+        decoder.image, "forward", lambda feat: torch.full((*feat.shape[:-1], 64, 64, 3), 0.25)
+    )
+    image = torch.zeros(1, 3, 64, 64, 3, dtype=torch.uint8)
+    image[0, 0] = 255  # target 0.5: (0.25 - 0.5)^2 = 0.0625 per value -> 768
+    # step 1 all 0: target -0.5, (0.75)^2 = 0.5625 per value -> 6912
+    image[0, 2, :32] = 255  # half 0.0625, half 0.5625 -> 6144 * 0.625 = 3840
+    feat = torch.randn(1, 3, agent.world_model.rssm.feat_dim)
+    loss = decoder.loss(feat, {"image": image})["image"]
+    assert loss.shape == (1, 3)
+    torch.testing.assert_close(loss, torch.tensor([[768.0, 6912.0, 3840.0]]))
+    image = torch.full((1, 1, 64, 64, 3), 51, dtype=torch.uint8)  # 51 / 255 - 0.5 = -0.3
+    loss = decoder.loss(feat[:, :1], {"image": image})["image"]
+    torch.testing.assert_close(loss, torch.tensor([[0.55**2 * 12288]]))  # 3717.12
 
 
 def test_block_linear_equals_each_block_seeing_its_slice_and_the_shared_inputs():
