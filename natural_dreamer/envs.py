@@ -38,7 +38,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 SUITES = ("dmc", "gym", "toy", "atari", "crafter")
 OBS_MODES = ("pixels", "proprio", "both")
 MIN_IMAGE_SIZE = 16
-TOY_TASKS = ("counter", "counter_terminal", "counter_nan")
+TOY_TASKS = ("counter", "counter_terminal", "counter_nan", "action")
 
 _GL_PACKAGES = {"egl": "libegl1 libgl1-mesa-dri libopengl0", "osmesa": "libosmesa6"}
 _GL_DISABLED = ("off", "disable", "disabled", "false", "0")
@@ -452,7 +452,9 @@ class ToyEnv(Env):
     One continuous action (ignored); action_repeat is ignored too, so time_limit counts
     policy steps. Task "counter" truncates at t == time_limit; "counter_terminal"
     terminates (is_terminal True) at t == 7, unless time_limit truncates it first;
-    "counter_nan" puts a NaN into the vector at t == 50 (for the tests of the NaN guard).
+    "counter_nan" puts a NaN into the vector at t == 50 (for the tests of the NaN guard);
+    "action" pays the action just taken instead of t (clipped to [-1, 1]): the one thing a
+    policy can learn here, to push +1 (for the test that an agent learns).
     """
 
     def __init__(
@@ -467,6 +469,7 @@ class ToyEnv(Env):
             raise ValueError(f"Unknown toy task {task!r}; choose one of: {', '.join(TOY_TASKS)}.")
         self._terminates = task == "counter_terminal"
         self._nan_at = 50 if task == "counter_nan" else None
+        self._pays_action = task == "action"
         if obs in ("proprio", "both"):
             self.obs_space["vector"] = ((2,), np.dtype(np.float32))
         self.action_size, self.discrete = 1, False
@@ -485,7 +488,8 @@ class ToyEnv(Env):
         self._t += 1
         terminated = self._terminates and self._t == 7
         truncated = not terminated and self._t >= self.time_limit
-        return self._observe(), float(self._t), terminated, truncated
+        reward = float(env_action[0]) if self._pays_action else float(self._t)
+        return self._observe(), reward, terminated, truncated
 
     def _observe(self) -> dict:
         obs = {}

@@ -176,6 +176,13 @@ def test_toy_counter_truncates_and_counter_terminal_terminates():
     assert ends[-1]["is_terminal"] and ends[-1]["reward"] == 7.0
 
 
+def test_toy_action_task_pays_the_action_just_taken_clipped():
+    env = ToyEnv("action", time_limit=3)
+    assert env.reset()["reward"] == 0.0
+    rewards = [env.step(np.array([a], dtype=np.float32))["reward"] for a in (0.5, -2.0, 0.25)]
+    assert rewards == [0.5, -1.0, 0.25]  # with the next observation; outside [-1, 1] clipped
+
+
 def test_toy_pixels_encode_the_counter():
     env = ToyEnv(obs="both", image_size=16, time_limit=5)
     assert env.reset()["image"].max() == 0
