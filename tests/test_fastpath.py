@@ -255,6 +255,23 @@ def test_the_user_table_times_a_config_as_it_runs(capsys):
     assert float(seconds) > 0 and updates == "100" and projected.endswith(("min", "h"))
 
 
+def test_the_steps_table_counts_a_1m_update_and_its_rate(capsys):
+    """bench --tables steps, one row: the 1m vector update's FLOPs as torch's counter sees
+    them (29.4 GFLOP: products and their gradients over a 16 x 64 batch and 15 imagined
+    steps), and the rate and share of the peak computed from the measured seconds."""
+    from natural_dreamer import bench
+
+    bench.row_steps("1m", "vector", "fp32", "eager", repeats=1, peak=50e9)
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:4] == ["1m", "vector", "fp32", "eager"]
+    step, world_model, imagination, actor_critic, gflop, rate = map(float, cells[4:10])
+    assert gflop == 29.4
+    assert min(world_model, imagination, actor_critic) > 0 and step > 0
+    assert abs(rate - gflop / step) <= 0.5 + 0.01 * rate  # printed rounded to 1 GFLOP/s
+    assert abs(float(cells[10].rstrip("%")) - 100 * gflop / step / 50) <= 1  # of the 50 GFLOP/s
+
+
 def load_profile_step():
     import importlib.util
     from pathlib import Path
