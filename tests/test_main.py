@@ -200,6 +200,37 @@ def test_return_last10_is_the_mean_of_the_last_ten_training_episodes(tmp_path):
     assert [row["episode_return"] for row in rows] == [2.0, 8.0]  # mean(1..3), mean(4..12)
 
 
+@pytest.mark.parametrize("episodes, expected", [(3, [3.0]), (1, [1.0]), (0, [])])
+def test_eval_return_is_the_mean_of_train_eval_episodes(tmp_path, monkeypatch, episodes, expected):
+    """train.eval_episodes evaluation episodes at each checkpoint, their mean reported once
+    with the next row (0: none), and the training's random stream left as it was."""
+    import torch
+
+    from natural_dreamer import load_config
+    from natural_dreamer.loop import Trainer
+
+    config = load_config("smoke", {"train.video": False, "train.eval_episodes": episodes})
+    trainer = Trainer(config, root=tmp_path, quiet=True)
+    scores = {0: 1.0, 1: 2.0, 2: 6.0}
+    seen = []
+
+    def evaluate(suffix, index):
+        seen.append(index)
+        torch.rand(5)  # an episode draws from the stream; the caller must put it back
+        return scores[index]
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    state = torch.get_rng_state()
+    try:
+        trainer.save_and_evaluate(final=True)
+    finally:
+        trainer.envs.close()
+        trainer.eval_env.close()
+    assert seen == list(range(episodes))
+    assert trainer.interval["eval_return"] == expected
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_inspect_policy_reads_the_smoke_checkpoint(smoke_run):
     checkpoint = smoke_run[0] / "checkpoints" / "smoke_run_0.1k.pth"
     result = run_script("inspect_policy.py", str(checkpoint), "--rows", "4")
