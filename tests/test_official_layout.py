@@ -259,6 +259,24 @@ def test_the_world_model_starts_from_the_stored_state():
     assert torch.allclose(with_context["deter"][1, 0], expected_1, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("online, context", [(True, 1), (False, 0)])
+def test_the_trainer_builds_its_replay_from_the_config(tmp_path, online, context):
+    """train.online_queue and world_model.replay_context reach the trainer's buffer (the
+    tests above build buffers directly)."""
+    from natural_dreamer.loop import Trainer
+
+    overrides = {"train.online_queue": online, "world_model.replay_context": context}
+    trainer = Trainer(load_config("smoke", overrides), root=tmp_path, quiet=True)
+    try:
+        rssm = trainer.agent.world_model.rssm
+        assert trainer.buffer.online is online
+        expected = (rssm.deter_dim, rssm.stoch, rssm.classes) if context else None
+        assert trainer.buffer.latent == expected
+    finally:
+        trainer.envs.close()
+        trainer.eval_env.close()
+
+
 def test_the_online_queue_trains_each_fresh_chunk_once_before_uniform_draws():
     buffer = context_buffer(steps=10, online=True)
     buffer.sample(1, 4, context=1)  # the queue starts with the first sample (T = 4)
