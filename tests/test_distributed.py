@@ -34,8 +34,13 @@ SENSITIVE = {
 }
 
 
-def without_sampling_noise():
+def without_sampling_noise(patch=setattr):
     """Replace the latent and action samples by their most likely values.
+
+    patch: setattr in a worker process (it ends with the worker); pytest's
+    monkeypatch.setattr in the test's own process, which runs the later tests: a plain
+    setattr there left every later test in the session acting without noise (an agent
+    could no longer explore, and the learning check failed after this file).
 
     One process drawing noise for 4 sequences draws different numbers than two processes
     drawing for 2 each, so an exact comparison needs a noise-free step.
@@ -47,9 +52,9 @@ def without_sampling_noise():
         sample = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
         return sample + probs - probs.detach() if straight_through else sample
 
-    rssm.sample_one_hot = most_likely_one_hot
-    distributions.NormalAction.sample = lambda self, noise=None: self.mode()
-    distributions.CategoricalAction.sample = lambda self, uniform=None: self.mode()
+    patch(rssm, "sample_one_hot", most_likely_one_hot)
+    patch(distributions.NormalAction, "sample", lambda self, noise=None: self.mode())
+    patch(distributions.CategoricalAction, "sample", lambda self, uniform=None: self.mode())
 
 
 def fresh_agent():
@@ -80,12 +85,12 @@ def spawn(worker, tmp_path, *args, world=2):
     mp.spawn(worker, args=(world, str(tmp_path / "rendezvous"), *args), nprocs=world, join=True)
 
 
-def test_two_half_batches_make_the_update_of_one_full_batch(tmp_path):
+def test_two_half_batches_make_the_update_of_one_full_batch(tmp_path, monkeypatch):
     batch = random_batch(VECTOR, 2, False, B=4, T=6)
     spawn(update_worker, tmp_path, batch, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
-    without_sampling_noise()  # in this process too, for the reference
+    without_sampling_noise(monkeypatch.setattr)  # in this process too, for the reference
     full = fresh_agent()
     full.train_step(batch)
     params = dict(full.named_parameters())
