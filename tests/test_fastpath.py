@@ -345,16 +345,11 @@ def test_a_core_a_process_spins_on_reads_as_busy():
     """Whatever else the machine runs, the core a spinner is pinned to is busy, and
     cpu_times must say so (reading idle time as busy, or the wrong column, would not)."""
     core = max(os.sched_getaffinity(0))
-    # The child pins itself, then says so from inside its spin loop: the measurement starts
-    # only once it spins on that core, however long a loaded machine takes to get it there.
+    # The child pins itself and says so just before it spins: the measurement starts only
+    # then, however long a loaded machine takes to start it.
     code = (
-        "import os, sys, time\n"
-        f"os.sched_setaffinity(0, {{{core}}})\n"
-        "end, said = time.time() + 30, False\n"
-        "while time.time() < end:\n"
-        "    if not said:\n"
-        "        print('spinning', flush=True)\n"
-        "        said = True\n"
+        f"import os, time\nos.sched_setaffinity(0, {{{core}}})\nprint('spinning', flush=True)\n"
+        "end = time.time() + 30\nwhile time.time() < end: pass"
     )
     spinner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -12,15 +12,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import main
 from natural_dreamer.video import read_video
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_main(*args, outdir, timeout=240):
+def run_main(*args, outdir, timeout=240, cwd=ROOT):
+    """main.py with these arguments, then --outdir unless outdir is None (exactly as typed)."""
+    outdir_args = [] if outdir is None else ["--outdir", str(outdir)]
     return subprocess.run(
-        [sys.executable, "main.py", *args, "--outdir", str(outdir)],
-        cwd=ROOT,
+        [sys.executable, str(ROOT / "main.py"), *args, *outdir_args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -289,23 +292,6 @@ def test_unknown_config_lists_available(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-USAGE = (
-    "usage: python main.py CONFIG [--KEY VALUE ...] [--max_steps N] [--envs N] "
-    "[--resume SUFFIX] [--outdir DIR]"
-)
-
-
-def run_main_as_typed(*args, cwd):
-    """main.py with exactly these arguments (run_main appends --outdir), from `cwd`."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -321,7 +307,7 @@ def run_main_as_typed(*args, cwd):
 )
 def test_options_out_of_pairs_stop_with_one_line(tmp_path, args, message):
     out = tmp_path / "out"
-    result = run_main_as_typed("smoke", "--outdir", str(out), *args, cwd=tmp_path)
+    result = run_main("smoke", "--outdir", str(out), *args, outdir=None, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == message + "\n" and result.stdout == ""
     assert list(tmp_path.iterdir()) == []  # not even the --outdir folder
@@ -330,18 +316,18 @@ def test_options_out_of_pairs_stop_with_one_line(tmp_path, args, message):
 @pytest.mark.parametrize("args", [[], ["--outdir", "out"]], ids=["no-arguments", "only-outdir"])
 def test_no_config_says_so_and_shows_the_usage(tmp_path, args):
     before = repository_files()
-    result = run_main_as_typed(*args, cwd=tmp_path)
+    result = run_main(*args, outdir=None, cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""  # a bad input, as every other
-    assert result.stderr.splitlines() == ["error: no CONFIG given", USAGE]
+    assert result.stderr.splitlines() == ["error: no CONFIG given", main.USAGE]
     assert list(tmp_path.iterdir()) == [] and repository_files() == before
 
 
 @pytest.mark.parametrize("flag", ["-h", "--help"])
 def test_help_shows_the_usage_and_starts_nothing(tmp_path, flag):
     before = repository_files()
-    result = run_main_as_typed(flag, cwd=tmp_path)
+    result = run_main(flag, outdir=None, cwd=tmp_path)
     assert result.returncode == 0 and result.stderr == "", result
-    assert result.stdout == USAGE + "\n"  # that line alone
+    assert result.stdout == main.USAGE + "\n"  # that line alone
     assert list(tmp_path.iterdir()) == [] and repository_files() == before
 
 

@@ -116,6 +116,12 @@ def test_world_model_step_gradients(obs_space, discrete):
     assert posterior["deter"].shape[:2] == (3, 6) and not posterior["deter"].requires_grad
 
 
+def gradient_size(module) -> torch.Tensor:
+    """The summed |gradient| over a module's parameters (0 where none arrived)."""
+    grads = [p.grad for p in module.parameters()]
+    return sum(torch.zeros(()) if g is None else g.abs().sum() for g in grads)
+
+
 def prior_net_gradient(kl_dyn: float, kl_rep: float) -> torch.Tensor:
     """The summed |gradient| of WorldModel.loss on the prior network's parameters."""
     overrides = {
@@ -127,8 +133,7 @@ def prior_net_gradient(kl_dyn: float, kl_rep: float) -> torch.Tensor:
     loss, metrics, _ = agent.world_model.loss(agent.batch_to_torch(random_batch(VECTOR, 3, False)))
     assert metrics["world_model/rep_loss"] > 0  # the rep term is there, not clipped away
     loss.backward()
-    grads = [p.grad for p in agent.world_model.rssm.prior_net.parameters()]
-    return sum(torch.zeros(()) if g is None else g.abs().sum() for g in grads)
+    return gradient_size(agent.world_model.rssm.prior_net)
 
 
 def test_kl_weights_reach_the_prior_only_through_kl_dyn():
@@ -169,8 +174,7 @@ def test_loss_scales_weight_each_term():
         config = tiny_config(**{**overrides, "world_model.loss_scales.reward": reward_scale})
         agent = Dreamer(MIXED, 3, False, config)
         agent.world_model.loss(agent.batch_to_torch(random_batch(MIXED, 3, False)))[0].backward()
-        grads = [p.grad for p in agent.world_model.reward_head.parameters()]
-        return sum(torch.zeros(()) if g is None else g.abs().sum() for g in grads)
+        return gradient_size(agent.world_model.reward_head)
 
     assert reward_head_gradient(0.0) == 0
     assert reward_head_gradient(1.0) > 0
