@@ -448,9 +448,9 @@ class ToyEnv(Env):
 
     Observation t (t = policy steps since reset): "vector" [t / 10, 1.0] float32 (2,), and
     for obs "pixels"/"both" an "image" whose every value is t * 10 (mod 256, uint8). The
-    reward arriving with observation t is float(t), so reward == 10 * vector[0] (but for
-    task "action"). One continuous action, ignored but by task "action"; action_repeat is
-    ignored too, so time_limit counts policy steps. Task "counter" truncates at
+    reward arriving with observation t is float(t), so reward == 10 * vector[0] (except in
+    task "action"). One continuous action, ignored except by task "action"; action_repeat
+    is ignored too, so time_limit counts policy steps. Task "counter" truncates at
     t == time_limit; "counter_terminal" terminates (is_terminal True) at t == 7, unless
     time_limit truncates it first; "counter_nan" puts a NaN into the vector at t == 50
     (for the tests of the NaN guard); "action" pays the action just taken instead of t
