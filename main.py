@@ -5,7 +5,9 @@
 
 CONFIG names a file in configs/ (without .yml). --KEY VALUE overrides any config key by its
 dotted path (--seed 3, --world_model.batch_size 8); --envs N is short for --train.envs N.
---resume 50k continues the run from checkpoints/<CONFIG>_<run_name>_50k.pth (or "latest").
+--resume 50k continues the run from checkpoints/<CONFIG>_<run_name>_50k.pth (or "latest");
+with --eval N it trains nothing: it plays N episodes of that checkpoint's policy mode, prints
+their returns and writes videos of the best and the worst.
 Outputs go to metrics/, plots/, checkpoints/ and videos/ (under --outdir, the repository by
 default); under torchrun only rank 0 writes them.
 """
@@ -16,19 +18,20 @@ from pathlib import Path
 
 USAGE = (
     "usage: python main.py CONFIG [--KEY VALUE ...] [--max_steps N] [--envs N] "
-    "[--resume SUFFIX] [--outdir DIR]"
+    "[--resume SUFFIX [--eval N]] [--outdir DIR]"
 )
 
 
 def parse_args(argv: list) -> tuple:
-    """Split argv into (config name, overrides [(key, value)], resume suffix, outdir)."""
+    """Split argv into (config name, overrides [(key, value)], resume suffix, outdir, eval
+    episodes or None)."""
     if argv and argv[0] in ("-h", "--help"):
         print(USAGE)
         raise SystemExit(0)
     if not argv or argv[0].startswith("-"):
         raise ValueError(f"no CONFIG given\n{USAGE}")
     name, rest = argv[0], argv[1:]
-    overrides, resume, outdir = [], None, None
+    overrides, resume, outdir, episodes = [], None, None, None
     if len(rest) % 2:
         raise ValueError(f"'{rest[-1]}' has no value; options come in pairs: --KEY VALUE")
     for flag, value in zip(rest[::2], rest[1::2], strict=True):
@@ -39,13 +42,24 @@ def parse_args(argv: list) -> tuple:
             resume = value
         elif key == "outdir":
             outdir = Path(value)
+        elif key == "eval":
+            episodes = parse_episodes(value)
         elif key == "max_steps":
             overrides.append(("train.steps", value))
         elif key == "envs":
             overrides.append(("train.envs", value))
         else:
             overrides.append((key, value))
-    return name, overrides, resume, outdir
+    if episodes is not None and resume is None:
+        raise ValueError("--eval N needs the checkpoint to play: add --resume SUFFIX (or latest)")
+    return name, overrides, resume, outdir, episodes
+
+
+def parse_episodes(text: str) -> int:
+    """--eval's value: a whole number of episodes, at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"--eval takes a number of episodes >= 1, got '{text}'")
+    return int(text)
 
 
 def main(argv: list) -> int:
@@ -54,7 +68,7 @@ def main(argv: list) -> int:
     from natural_dreamer.utils import pick_device
 
     try:
-        name, overrides, resume, outdir = parse_args(argv)
+        name, overrides, resume, outdir, episodes = parse_args(argv)
         config = load_config(name, overrides)
         # Under torchrun: join the group (nccl between GPUs, gloo on CPUs).
         distributed.init_from_environment(use_cuda=pick_device(config.device).type == "cuda")
@@ -62,6 +76,8 @@ def main(argv: list) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     root = outdir or ROOT
+    if episodes is not None:
+        return evaluate(config, resume, episodes, root)
     try:  # the output root must be a folder we can write, before any work
         root.mkdir(parents=True, exist_ok=True)
         probe = root / f".natural_dreamer_probe_{os.getpid()}"
@@ -119,6 +135,26 @@ def train(config, resume, root: Path) -> int:
     # evaluation: a rank that tore down the process group and exited before then was
     # sometimes aborted by gloo ("terminate called without an active exception").
     distributed.barrier()
+    return 0
+
+
+def evaluate(config, suffix: str, episodes: int, root: Path) -> int:
+    """--eval: play a checkpoint's policy; nothing is trained. Returns the exit status."""
+    from natural_dreamer.checkpoint import CheckpointError
+    from natural_dreamer.config import ConfigError
+    from natural_dreamer.evaluate import evaluate
+
+    try:
+        evaluate(config, suffix, episodes, root)
+    except (ConfigError, CheckpointError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except FloatingPointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the videos folder read-only, a full disk
+        print(f"error: cannot write {error.filename}: {error.strerror or error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -38,7 +38,6 @@ from natural_dreamer.checkpoint import (
     numpy_to_torch,
     save_checkpoint,
     suffix_of,
-    suffixes,
     torch_to_numpy,
 )
 from natural_dreamer.collector import (
@@ -49,15 +48,12 @@ from natural_dreamer.collector import (
     run_episode,
 )
 from natural_dreamer.config import (
-    CONFIG_DIR,
     ROOT,
-    check_name,
-    flatten,
-    read_yaml,
     save_config,
 )
 from natural_dreamer.dreamer import Dreamer
 from natural_dreamer.envs import make_env
+from natural_dreamer.evaluate import check_same_config, checkpoint_path
 from natural_dreamer.fastpath import choose_threads, use_heap_allocator
 from natural_dreamer.loader import BatchLoader
 from natural_dreamer.logger import MetricsLogger
@@ -71,19 +67,6 @@ OUTPUT_FOLDERS = ("metrics", "plots", "checkpoints", "videos")
 # Updates after a start (the end of prefill, or a resume) that the ETA leaves out: the
 # first ones build torch.compile's graphs (a minute or more), which the rest never repeat.
 ETA_WARMUP_UPDATES = 3
-
-# Keys that may differ between a checkpoint's config and a resumed run's: the budget, how
-# often it saves, where metrics go, and how the machine computes (a run may move between
-# hosts and devices).
-RESUMABLE_CHANGES = {
-    "train.steps",
-    "train.save_minutes",
-    "device",
-    "logger",
-    "compile",
-    "precision",
-    "threads",
-}
 
 
 class StopRequest(Exception):  # noqa: N818 (a signal, not an error)
@@ -538,16 +521,9 @@ class Trainer:
 
     def resume(self, suffix: str) -> None:
         """Restore everything from checkpoints/<run>_<suffix>.pth."""
-        check_name("--resume suffix", suffix)
-        path = self.path("checkpoints", f"{self.run}_{suffix}.pth")
-        if not path.is_file():
-            have = suffixes(path.parent, self.run)
-            listing = ", ".join(have) if have else "none yet"
-            raise CheckpointError(
-                f"no checkpoint {path.name}; checkpoints of {self.run}: {listing}"
-            )
+        path = checkpoint_path(self.root, self.run, suffix)
         state = load_checkpoint(path)
-        self.check_config(state.get("config", {}), path)
+        check_same_config(self.config, state.get("config", {}), path)
         try:
             self.agent.load_state_dict(state["agent"])
         except (RuntimeError, KeyError) as error:  # same config, other layers: an older version
@@ -585,21 +561,3 @@ class Trainer:
         seed_everything(seed)
         self.buffer.rng = np.random.default_rng(seed)
         self.random_policy.rng = np.random.default_rng(seed)
-
-    def check_config(self, saved: dict, path: Path) -> None:
-        """Refuse a checkpoint from another config or model size, naming the keys that differ.
-
-        A key missing from the checkpoint's config (older than the key) counts as its default.
-        """
-        defaults = flatten(read_yaml(CONFIG_DIR / "defaults.yml"))
-        ours, theirs = flatten(self.config.to_dict()), {**defaults, **flatten(saved)}
-        differ = sorted(
-            k
-            for k in ours.keys() | theirs.keys()
-            if ours.get(k) != theirs.get(k) and k not in RESUMABLE_CHANGES
-        )
-        if differ:
-            details = "; ".join(
-                f"{k}: checkpoint {theirs.get(k)!r}, now {ours.get(k)!r}" for k in differ[:6]
-            )
-            raise CheckpointError(f"{path.name} was made with a different config ({details})")

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -348,7 +349,6 @@ def test_a_run_cannot_be_trained_by_two_processes_at_once(smoke_run, tmp_path):
     """A second main.py on a run that another process is training stops before touching its
     files; once the holder is gone (here: its lock file closed), --resume works again."""
     import fcntl
-    import shutil
 
     out = tmp_path / "out"
     shutil.copytree(smoke_run[0], out)
@@ -683,3 +683,78 @@ def test_an_exported_agent_is_small_and_loads_safely(smoke_run, tmp_path):
     config = AttrDict(state["config"])
     env = make_env(config.env, seed=0)
     Dreamer(env.obs_space, env.action_size, env.discrete, config).load_state_dict(state["agent"])
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under folder with its bytes: what a command must leave as it found it."""
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_eval_plays_a_checkpoint_and_keeps_the_run_as_it_was(smoke_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(smoke_run[0], out)
+    before = snapshot(out)
+    result = run_main("smoke", "--resume", "0.1k", "--eval", "3", outdir=out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    returns = [float(x) for x in re.findall(r"episode \d/3: return (-?[\d.]+)", result.stdout)]
+    assert len(returns) == 3
+    mean, std = map(float, re.search(r"mean (-?[\d.]+), std ([\d.]+)", result.stdout).groups())
+    assert mean == pytest.approx(np.mean(returns), abs=0.1)
+    assert std == pytest.approx(np.std(returns), abs=0.1)
+    # Nothing of the run changed; the two new files are the best and the worst episode.
+    after = snapshot(out)
+    assert {k: v for k, v in after.items() if k in before} == before
+    new = sorted(str(k) for k in after.keys() - before.keys())
+    best, worst = max(returns), min(returns)
+    assert new == sorted(
+        [
+            f"videos/smoke_run_0.1k_evaluate3_best_{best:.0f}.mp4",
+            f"videos/smoke_run_0.1k_evaluate3_worst_{worst:.0f}.mp4",
+        ]
+    )
+    frames = read_video(out / new[0])
+    assert len(frames) == 201  # the first frame and one per step of a 200-step episode
+    # The policy's mode and seeds of its own: the same returns again, and a second pair of
+    # videos beside the first instead of over them.
+    again = run_main("smoke", "--resume", "0.1k", "--eval", "3", outdir=out)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert re.findall(r"return (-?[\d.]+)", again.stdout) == [f"{r:.1f}" for r in returns]
+    assert (out / "videos" / f"smoke_run_0.1k_evaluate3_best_{best:.0f}_2.mp4").is_file()
+    assert {k: v for k, v in snapshot(out).items() if k in after} == after
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--resume", "7k", "--eval", "2"], "no checkpoint smoke_run_7k.pth; checkpoints of"),
+        (["--resume", "latest", "--eval", "0"], "--eval takes a number of episodes >= 1"),
+        (["--resume", "latest", "--eval", "-3"], "--eval takes a number of episodes >= 1"),
+        (["--resume", "latest", "--eval", "two"], "--eval takes a number of episodes >= 1"),
+        (["--eval", "2"], "--eval N needs the checkpoint to play"),
+        (
+            ["--resume", "latest", "--eval", "2", "--model.preset", "12m"],
+            "was made with a different config (model.preset: checkpoint '1m', now '12m')",
+        ),
+    ],
+)
+def test_eval_refuses_bad_input_in_one_line_and_writes_nothing(smoke_run, tmp_path, args, message):
+    out = tmp_path / "out"
+    shutil.copytree(smoke_run[0], out)
+    before = snapshot(out)
+    result = run_main("smoke", *args, outdir=out)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert snapshot(out) == before
+
+
+def test_eval_refuses_a_checkpoint_of_another_config(smoke_run, tmp_path):
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    # The smoke run's checkpoint under the pendulum run's name: its config says smoke.
+    shutil.copy(smoke_run[0] / "checkpoints" / "smoke_run_0.1k.pth", out / "checkpoints")
+    (out / "checkpoints" / "smoke_run_0.1k.pth").rename(out / "checkpoints" / "pendulum_run_1k.pth")
+    result = run_main("pendulum", "--resume", "1k", "--eval", "1", outdir=out)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "pendulum_run_1k.pth was made with a different config" in result.stderr
+    assert "config_name: checkpoint 'smoke', now 'pendulum'" in result.stderr
+    assert not (out / "videos").exists()

@@ -145,6 +145,6 @@ def test_train_ratio_counts_the_policy_steps_of_all_environments(tmp_path):
 def test_envs_on_the_command_line_is_short_for_train_envs():
     import main
 
-    _, overrides, _, _ = main.parse_args(["smoke", "--envs", "4", "--logger", "tensorboard"])
+    _, overrides, *_ = main.parse_args(["smoke", "--envs", "4", "--logger", "tensorboard"])
     assert overrides == [("train.envs", "4"), ("logger", "tensorboard")]
     assert load_config("smoke", overrides).train.envs == 4
