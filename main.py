@@ -41,6 +41,8 @@ def parse_args(argv: list) -> tuple:
         if key == "resume":
             resume = value
         elif key == "outdir":
+            if not value.strip():
+                raise ValueError("--outdir needs a folder, got ''")
             outdir = Path(value)
         elif key == "eval":
             episodes = parse_episodes(value)
@@ -78,18 +80,52 @@ def main(argv: list) -> int:
     root = outdir or ROOT
     if episodes is not None:
         return evaluate(config, resume, episodes, root)
-    try:  # the output root must be a folder we can write, before any work
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".natural_dreamer_probe_{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as error:
-        print(f"error: cannot write to --outdir {root}: {error.strerror or error}", file=sys.stderr)
-        return 2
     try:
         return train(config, resume, root)
     finally:
         distributed.shutdown()
+
+
+def check_outdir(root: Path) -> None:
+    """The output root must be a folder we can write (ValueError otherwise). Probed with a
+    file of a new, unpredictable name, removed again."""
+    import tempfile
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = tempfile.mkstemp(prefix=".natural_dreamer_probe_", dir=root)
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(f"cannot write to --outdir {root}: {error.strerror or error}") from None
+
+
+def check_input(config, resume, root: Path) -> None:
+    """Everything about the input that can be checked before a file is written (ValueError,
+    ConfigError or CheckpointError, all one line): the task exists, its replay and batches
+    fit in this machine's memory, the checkpoint to resume exists."""
+    from natural_dreamer.checkpoint import CheckpointError, suffixes
+    from natural_dreamer.config import check_memory, check_name
+    from natural_dreamer.envs import make_env
+    from natural_dreamer.evaluate import checkpoint_path
+
+    env = make_env(config.env, seed=config.seed)  # an unknown task stops here
+    try:
+        check_memory(config, env.obs_space, env.action_size)
+    finally:
+        env.close()
+    if resume:
+        run = f"{config.config_name}_{check_name('run_name', config.run_name)}"
+        try:
+            checkpoint_path(root, run, resume)
+        except CheckpointError as error:
+            folder = root / "checkpoints"
+            if not (folder.is_dir() and suffixes(folder, run)):  # nothing to go on from
+                raise CheckpointError(
+                    f"{error}: it stopped before its first checkpoint; start it afresh with "
+                    "the same command without --resume (its metrics so far are kept aside)"
+                ) from None
+            raise
 
 
 def train(config, resume, root: Path) -> int:
@@ -100,14 +136,24 @@ def train(config, resume, root: Path) -> int:
     from natural_dreamer.loop import StopRequest, Trainer
 
     try:
-        trainer = Trainer(config, root=root)
+        check_input(config, resume, root)  # nothing is written before this
+        if config.train.envs > 1:  # worker processes take a while to start on few cores
+            say(f"starting {config.train.envs} environments in worker processes ...")
+        trainer = Trainer(config, root=root)  # allocates, and writes nothing
+        check_outdir(root)
         trainer.claim()  # before reading or writing any of the run's files
         if resume:
             trainer.resume(resume)
         else:
             trainer.refuse_to_overwrite()
     except (ConfigError, CheckpointError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}")
+        return 2
+    except MemoryError:
+        say(
+            "error: not enough memory for this config: lower train.replay_capacity or "
+            "world_model.batch_size"
+        )
         return 2
     if trainer.main:
         agent = trainer.agent
@@ -122,14 +168,14 @@ def train(config, resume, root: Path) -> int:
         )
     try:
         trainer.train()
-    except StopRequest as stop:
-        print(f"{stop}: saved checkpoint 'latest'; continue with --resume latest", file=sys.stderr)
+    except StopRequest as stop:  # saved before a word is printed: the terminal may be gone
+        say(f"{stop}: saved checkpoint 'latest'; continue with --resume latest")
         return 128 + stop.signum  # 130 for Ctrl-C, 143 for SIGTERM
     except FloatingPointError as error:
-        print(f"error: {error}; the newest checkpoint is the last good state", file=sys.stderr)
+        say(f"error: {error}; the newest checkpoint is the last good state")
         return 1
     except OSError as error:  # a full disk, a folder made read-only or removed
-        print(f"error: {describe_write_error(error)}", file=sys.stderr)
+        say(f"error: {describe_write_error(error)}")
         return 1
     # Under torchrun the other ranks wait here while rank 0 writes its last checkpoint and
     # evaluation: a rank that tore down the process group and exited before then was
@@ -158,6 +204,45 @@ def evaluate(config, suffix: str, episodes: int, root: Path) -> int:
     return 0
 
 
+def say(line: str) -> None:
+    """One line on stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
+class QuietPipe:
+    """A text stream (stdout, stderr) that goes silent once its reader is gone.
+
+    `python main.py ... | tee run.log` and Ctrl-C: the signal reaches tee too, so the pipe
+    breaks just as the run saves and says so. A BrokenPipeError then must not end the run
+    (or its save) in a traceback: the stream's descriptor is pointed at /dev/null, so this
+    and every later write, and the interpreter's last flush, go nowhere without an error.
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self.silence()
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self.silence()
+
+    def silence(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def describe_write_error(error: OSError) -> str:
     """One line: which file could not be written, why, and how much room is left there."""
     import shutil
@@ -173,4 +258,8 @@ def describe_write_error(error: OSError) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.stdout, sys.stderr = QuietPipe(sys.stdout), QuietPipe(sys.stderr)
+    status = main(sys.argv[1:])
+    sys.stdout.flush()  # a broken pipe found now is silenced here, not at the interpreter's exit
+    sys.stderr.flush()
+    sys.exit(status)

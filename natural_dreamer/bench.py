@@ -3,6 +3,8 @@
     python -m natural_dreamer.bench                 # every table (about an hour on 2 cores)
     python -m natural_dreamer.bench --quick         # the laptop preset only, a few minutes
     python -m natural_dreamer.bench --tables steps  # some tables: steps scaling envs memory
+    python -m natural_dreamer.bench --device cpu    # on the CPU of a machine with a GPU
+    python -m natural_dreamer.bench --project metrics/walker_walk_run.csv  # a run's pace
 
 user     "as a user runs it": for every config in configs/, its own settings (preset, batch,
          precision and compile as `auto` chooses them here), seconds per gradient step, the
@@ -13,12 +15,23 @@ steps    seconds per gradient step (median of --repeats after two warm-up steps)
          the FLOP/s that gives, and that as a fraction of this machine's torch.mm peak in the
          same precision, measured in the same run.
          --modes: eager PyTorch and the compile: true agent (torch.compile'd networks).
+         On CUDA two more columns: milliseconds per update and the peak GPU memory the
+         row's training step allocated.
 scaling  seconds per step against batch size, sequence length and model preset.
 envs     environment steps per second of collection under random actions: DMC walker_walk
          pixels (default and fast rendering) and proprio, Gymnasium CartPole.
 memory   replay bytes per stored step, and this process's peak resident memory.
+paper    one eager fp32 update (batch 16 x 64) counted, not timed: its FLOPs, the operators it
+         dispatches (each a kernel launch on a GPU, views aside) inside the sequential step
+         regions and outside them, and what those imply on an H100 (H100_BF16_FLOPS dense,
+         LAUNCH_US per launch) with and without CUDA graphs. Slow on a CPU (one 12m image
+         update in eager fp32), the same on any device: `--device cpu` does.
 
-On a machine with CUDA the agents and the peak's products run on the GPU (device "auto", as
+--project CSV reads a run's metrics instead: the pace of its last whole interval that trained
+(env steps per second, seconds per update, acting included) and the wall time that pace gives
+1M and 100k env steps (walker_walk's budget and the 100k benchmark).
+
+On a machine with CUDA the agents and the peak's products run on the GPU (--device auto, as
 in a training run), and every timer waits for the GPU's work to finish.
 
 Batches are random data shaped like replay (batch 16 x 64, horizon 15 unless a table says
@@ -27,11 +40,13 @@ down many times over.
 """
 
 import argparse
+import csv
 import resource
 import time
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from natural_dreamer.buffer import ReplayBuffer
@@ -45,12 +60,24 @@ from natural_dreamer.fastpath import (
     native_bf16,
     planned_updates,
     use_heap_allocator,
+    use_tf32,
 )
 from natural_dreamer.utils import pick_device
 
 OBS = {"vector": {"vector": ((24,), np.float32)}, "image": {"image": ((64, 64, 3), np.uint8)}}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-TABLES = ("user", "steps", "scaling", "envs", "memory")
+TABLES = ("user", "steps", "scaling", "envs", "memory", "paper")
+# An H100 SXM's dense bf16 tensor-core rate, and the host's cost of one kernel launch without
+# CUDA graphs (the range usually quoted for PyTorch's eager dispatch plus cudaLaunchKernel).
+H100_BF16_FLOPS = 990e12
+LAUNCH_US = (5, 10)
+# Operators that only make a new view of a tensor: no kernel on a GPU.
+VIEWS = {
+    "view", "_unsafe_view", "t", "transpose", "expand", "unsqueeze", "squeeze", "select",
+    "slice", "permute", "as_strided", "detach", "alias", "unbind", "split", "split_with_sizes",
+    "chunk", "narrow", "reshape", "flatten", "unflatten", "_reshape_alias", "view_as",
+    "lift_fresh", "diagonal",
+}  # fmt: skip
 
 
 def random_batch(obs_space: dict, action_size: int, B: int, T: int, discrete=False, seed=0):
@@ -76,7 +103,7 @@ def random_batch(obs_space: dict, action_size: int, B: int, T: int, discrete=Fal
     return batch
 
 
-# The agents here take the config's device, "auto": CUDA where present, else the CPU.
+# The agents' device: --device, by default "auto" (CUDA where present, else the CPU).
 DEVICE = pick_device("auto")
 
 
@@ -107,7 +134,7 @@ def make_agent(preset: str, obs: str, precision: str, B=16, T=64, H=15, compiled
         "world_model.batch_length": T,
         "behavior.horizon": H,
     }
-    config = load_config("smoke", overrides)
+    config = load_config("smoke", {**overrides, "device": str(DEVICE)})
     return Dreamer(OBS[obs], 6, False, config, DEVICE), random_batch(OBS[obs], 6, B, T)
 
 
@@ -162,6 +189,84 @@ def time_phases(preset, obs, precision, repeats: int, B=16, T=64, H=15, compiled
         "actor_critic": beh - im,
         "flops": counter.get_total_flops(),
     }
+
+
+class OperatorCount(TorchDispatchMode):
+    """Counts the operators dispatched with a kernel (views left out): in the forward pass
+    inside the sequential step regions (while `inside` > 0), elsewhere in the forward pass,
+    and in the backward pass (autograd's engine running a node)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inside = 0
+        self.counts = {"forward, step regions": 0, "forward, elsewhere": 0, "backward": 0}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ not in VIEWS:
+            if torch._C._current_autograd_node() is not None:
+                self.counts["backward"] += 1
+            elif self.inside:
+                self.counts["forward, step regions"] += 1
+            else:
+                self.counts["forward, elsewhere"] += 1
+        return func(*args, **(kwargs or {}))
+
+    def region(self, fn):
+        """fn, counted as a step region while it runs."""
+
+        def counted(*args, **kwargs):
+            self.inside += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.inside -= 1
+
+        return counted
+
+
+def count_update(preset: str, obs: str, B: int = 16, T: int = 64) -> dict:
+    """{"flops": FLOPs, "operators": OperatorCount.counts, "region calls": step region calls
+    per update} of one eager fp32 update, after a first one (the optimisers' state built)."""
+    agent, batch = make_agent(preset, obs, "fp32", B, T)
+    agent.train_step(batch)
+    counter, calls = OperatorCount(), []
+    rssm, behavior = agent.world_model.rssm, agent.behavior
+    for owner, name in ((rssm, "filter_step"), (behavior, "rollout_step")):
+        fn = getattr(owner, name)
+        setattr(owner, name, counter.region(lambda *a, fn=fn, **k: calls.append(1) or fn(*a, **k)))
+    with FlopCounterMode(display=False) as flops, counter:
+        agent.train_step(batch)
+    return {"flops": flops.get_total_flops(), "operators": counter.counts, "calls": len(calls)}
+
+
+def table_paper(presets, observations) -> None:
+    """FLOPs and operators of one update, and an H100's time for them on paper."""
+    low, high = LAUNCH_US
+    print(
+        "| preset | obs | GFLOP/update | H100 at 990 TFLOP/s, ms | operators: step regions "
+        "(fwd) / elsewhere (fwd) / backward | step region calls | eager launches, ms | "
+        "graphs: launches, ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for preset in presets:
+        for obs in observations:
+            c = count_update(preset, obs)
+            ops = c["operators"]
+            forward = ops["forward, step regions"] + ops["forward, elsewhere"]
+            total = forward + ops["backward"]
+            # The backward pass split as the forward is (autograd does not say which region a
+            # node came from); under CUDA graphs each region call is one launch each way.
+            share = ops["forward, step regions"] / forward
+            graphs = round((1 - share) * total) + 2 * c["calls"]
+            floor = 1e3 * c["flops"] / H100_BF16_FLOPS
+            print(
+                f"| {preset} | {obs} | {c['flops'] / 1e9:.0f} | {floor:.2f} "
+                f"| {ops['forward, step regions']:,} / {ops['forward, elsewhere']:,} / "
+                f"{ops['backward']:,} | {c['calls']} | {total:,}: {total * low / 1e3:.0f}-"
+                f"{total * high / 1e3:.0f} | {graphs:,}: {graphs * low / 1e3:.0f}-"
+                f"{graphs * high / 1e3:.0f} |",
+                flush=True,
+            )
 
 
 def matmul_peak(precision: str, sizes=(1024, 2048, 4096), repeats: int = 5) -> float:
@@ -227,7 +332,7 @@ def table_user(names, repeats: int) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
-        config = load_config(name)
+        config = load_config(name, {"device": str(DEVICE)})
         agent, batch = configured_agent(config)
         wm = config.world_model
         start = time.perf_counter()
@@ -255,11 +360,12 @@ def table_steps(presets, observations, precisions, modes, repeats: int) -> None:
     for precision, peak in peaks.items():
         print(f"torch.mm peak (best square of 1024-4096), {precision}: {peak / 1e9:.0f} GFLOP/s")
     print()
+    cuda = " ms/update | peak GPU MiB |" if DEVICE.type == "cuda" else ""
     print(
         "| preset | obs | precision | mode | s/step | world model | imagination | actor-critic "
-        "| GFLOP/step | GFLOP/s | % of peak |"
+        "| GFLOP/step | GFLOP/s | % of peak |" + cuda
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * cuda.count("|"))
     for preset in presets:
         for obs in observations:
             for precision in precisions:
@@ -268,13 +374,18 @@ def table_steps(presets, observations, precisions, modes, repeats: int) -> None:
 
 
 def row_steps(preset, obs, precision, mode, repeats, peak) -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(DEVICE)
     t = time_phases(preset, obs, precision, repeats, compiled=mode == "compiled")
     rate = t["flops"] / t["step"]
+    cuda = ""
+    if DEVICE.type == "cuda":
+        cuda = f" {1000 * t['step']:.1f} | {torch.cuda.max_memory_allocated(DEVICE) / 2**20:.0f} |"
     print(
         f"| {preset} | {obs} | {precision} | {mode} | {t['step']:.3f} "
         f"| {t['world_model']:.3f} | {t['imagination']:.3f} "
         f"| {t['actor_critic']:.3f} | {t['flops'] / 1e9:.1f} | {rate / 1e9:.0f} "
-        f"| {100 * rate / peak:.0f}% |",
+        f"| {100 * rate / peak:.0f}% |" + cuda,
         flush=True,
     )
 
@@ -293,11 +404,12 @@ def table_scaling(presets, precision: str, repeats: int, compiled: bool) -> None
 
 def table_envs() -> None:
     walker = {"suite": "dmc", "task": "walker_walk", "action_repeat": 2, "obs": "pixels"}
+    cartpole = {"suite": "gym", "task": "CartPole-v1", "action_repeat": 1, "obs": "proprio"}
     rows = [
         ("DMC walker_walk pixels, full-quality frames", {**walker, "fast_render": False}),
         ("DMC walker_walk pixels, fast_render", {**walker, "fast_render": True}),
         ("DMC walker_walk proprio (no frames)", {**walker, "obs": "proprio"}),
-        ("Gymnasium CartPole-v1 vector", {"suite": "gym", "task": "CartPole-v1"}),
+        ("Gymnasium CartPole-v1 vector", cartpole),
     ]
     print("| environment | env steps/s |")
     print("|---|---|")
@@ -312,6 +424,29 @@ def table_memory() -> None:
     print("(the image alone is 12,288 bytes; NaturalDreamer spends about 98,000)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"peak resident memory of this benchmark process: {peak:.0f} MiB")
+
+
+def project(csv_path: str, budgets=(1_000_000, 100_000)) -> list:
+    """Lines: a run's pace over its last whole interval with updates (the final row, written
+    after the final evaluation, is left out where there is an interval before it), and the
+    wall time of each budget of env steps at that pace."""
+    with open(csv_path, newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("wall_seconds")]
+    trained = [row for row in rows if float(row["gradient_steps"] or 0) > 0]
+    if len(trained) < 2:
+        return [f"{csv_path}: fewer than two rows with updates, no pace to project"]
+    a, b = trained[-3:-1] if len(trained) >= 3 else trained[-2:]
+    seconds = float(b["wall_seconds"]) - float(a["wall_seconds"])
+    env = float(b["env_steps"]) - float(a["env_steps"])
+    updates = float(b["gradient_steps"]) - float(a["gradient_steps"])
+    lines = [
+        f"pace from env step {a['env_steps']} to {b['env_steps']}: {env / seconds:.1f} env "
+        f"steps/s, {1000 * seconds / max(updates, 1):.0f} ms per update (acting included)"
+    ]
+    for steps in budgets:
+        hours = seconds / env * steps / 3600
+        lines.append(f"projected wall time of {steps:,} env steps at that pace: {hours:.1f} h")
+    return lines
 
 
 def main() -> None:
@@ -330,11 +465,19 @@ def main() -> None:
         help="eager PyTorch and/or the compile: true agent (the scaling table uses the last)",
     )
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda[:N]"')
+    parser.add_argument("--project", metavar="CSV", help="a run's pace and projections, only")
     parser.add_argument(
         "--configs", nargs="+", default=available_configs(), help="the configs of the user table"
     )
     parser.add_argument("--quick", action="store_true", help="the 1m preset only, 3 repeats")
     args = parser.parse_args()
+    if args.project:
+        print("\n".join(project(args.project)))
+        return
+    global DEVICE
+    DEVICE = pick_device(args.device)
+    use_tf32(DEVICE)  # as the agents set it: the fp32 peak and rows alike (CUDA only)
     if args.quick:
         args.presets, args.repeats = ["1m"], 3
     heap = use_heap_allocator()  # as main.py runs: freed buffers stay in the process
@@ -354,6 +497,8 @@ def main() -> None:
             table_scaling(args.presets, args.precision[-1], max(3, args.repeats // 3), compiled)
         elif table == "envs":
             table_envs()
+        elif table == "paper":
+            table_paper(args.presets, args.obs)
         else:
             table_memory()
 

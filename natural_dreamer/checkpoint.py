@@ -7,13 +7,13 @@ torch.load(weights_only=True): a file crafted to execute code when unpickled is 
 import errno
 import io
 import os
-import pickle
 import socket
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from natural_dreamer.files import open_in_place, write_atomically
 from natural_dreamer.utils import naming_write_errors
 
 
@@ -22,43 +22,84 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict, path: Path, latest: Path | None = None) -> None:
-    """Write state to path via a temporary file and a rename, so a crash mid-save leaves the
-    previous file intact; then point `latest` at it with a hard link (no second copy)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
+    """Write state to path via a new temporary file of an unpredictable name and a rename, so
+    a crash mid-save leaves the previous file intact and a link planted in the folder is
+    replaced, never written through; `latest` becomes a second name of the same file (a hard
+    link, no second copy)."""
     # Serialised in memory first: torch.save reports a full disk as a bare RuntimeError,
     # a plain write reports it as an OSError that names the file.
     data = io.BytesIO()
     torch.save(state, data)
     try:
-        with naming_write_errors(path), open(temporary, "wb") as handle:
-            handle.write(data.getbuffer())
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException as error:  # leave no half-written file behind
-        temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        with naming_write_errors(path):
+            write_atomically(path, data.getbuffer(), link=latest)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
             needed = f"{error.strerror}; the checkpoint needs {data.tell() / 2**20:.1f} MB"
             raise OSError(errno.ENOSPC, needed, str(path)) from None
         raise
-    os.replace(temporary, path)
-    if latest is not None:
-        link = latest.with_name(f".{latest.name}.tmp")
-        link.unlink(missing_ok=True)
-        os.link(path, link)
-        os.replace(link, latest)
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint safely; a truncated, corrupted or code-carrying file raises
-    CheckpointError naming the file."""
+    """Read a checkpoint safely: a truncated, corrupted or code-carrying file, a link, a file
+    that is not a checkpoint at all (text, a pipe) or a torch file of another shape raises
+    CheckpointError naming the file. Returns the dict it holds (check_resumable says whether
+    training can go on from it)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
+        with os.fdopen(open_in_place(path, os.O_RDONLY, single=False), "rb") as handle:
+            state = torch.load(handle, map_location="cpu", weights_only=True)
+    except OSError as error:
+        why = "a symbolic link (refused)" if error.errno == errno.ELOOP else error.strerror
+        raise CheckpointError(f"cannot load checkpoint {path}: {why or error}") from None
+    except Exception as error:  # the unpickler's errors come in many types
+        text = str(error).strip()
+        first_line = text.splitlines()[0] if text else type(error).__name__
         raise CheckpointError(f"cannot load checkpoint {path}: {first_line[:200]}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path.name} is not a checkpoint of natural_dreamer: it holds a "
+            f"{type(state).__name__}, not a dict"
+        )
+    return state
+
+
+# What a checkpoint must hold to continue training: section -> {key: accepted types}.
+RESUMABLE = {
+    "agent": {},
+    "config": {},
+    "optimizers": {},
+    "buffer": {"data": (dict,)},
+    "counters": {
+        "env_steps": (int,),
+        "policy_steps": (int,),
+        "gradient_steps": (int,),
+        "train_policy_steps": (int,),
+        "next_checkpoint": (int,),
+        "returns": (list,),
+        "wall_seconds": (int, float),
+    },
+    "rng": {"torch": (torch.Tensor,), "python": (list,), "random_policy": (dict,)},
+    "collection": {"collector": (dict,), "policy": (dict,)},
+    "interval": {},
+}
+
+
+def check_resumable(state: dict, path: Path) -> None:
+    """Raise CheckpointError naming the file and what is missing, unless state (from
+    load_checkpoint) holds everything a resumed run reads, with replayed data in it."""
+    for section, keys in RESUMABLE.items():
+        if not isinstance(state.get(section), dict):
+            raise CheckpointError(f"{path.name} cannot be resumed: it holds no '{section}'")
+        for key, kinds in keys.items():
+            value = state[section].get(key)
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise CheckpointError(
+                    f"{path.name} cannot be resumed: '{section}.{key}' is missing or not "
+                    f"{' or '.join(kind.__name__ for kind in kinds)}"
+                )
+    data = state["buffer"]["data"]
+    if not data or not all(isinstance(v, torch.Tensor) and len(v) for v in data.values()):
+        raise CheckpointError(f"{path.name} cannot be resumed: its replay buffer is empty")
 
 
 def suffixes(folder: Path, run: str) -> list:
@@ -107,9 +148,13 @@ def claim_run(path: Path):
         return None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")
+        handle = os.fdopen(open_in_place(path, os.O_RDWR | os.O_CREAT), "r+")
     except OSError as error:
-        raise CheckpointError(f"cannot open the run's lock {path}: {error.strerror}") from None
+        why = "it is a symbolic link" if error.errno == errno.ELOOP else error.strerror
+        raise CheckpointError(
+            f"cannot open the run's lock {path}: {why} (a run's files must be plain files: "
+            "remove it and run again)"
+        ) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -137,6 +137,7 @@ class VectorCollector:
         self.episodes = [0] * self.count  # finished episodes of each environment
         self.returns = np.zeros(self.count)  # (N,) of the running episodes
         self.lengths = np.zeros(self.count, np.int64)
+        self.actions = [[] for _ in range(self.count)]  # of each running episode, so far
 
     def step(self, policy) -> list:
         """One policy step in every environment; returns a {"return", "length"} dict for each
@@ -145,6 +146,8 @@ class VectorCollector:
             self.reset(np.ones(self.count, bool))
         actions = policy(self.obs)  # (N, A)
         self.store(self.obs, actions, range(self.count))
+        for i in range(self.count):
+            self.actions[i].append(actions[i])
         obs, reward, terminated, truncated, infos = self.envs.step(actions)
         last = terminated | truncated  # (N,)
         self.obs = {
@@ -175,10 +178,7 @@ class VectorCollector:
 
     def reset(self, mask: np.ndarray) -> None:
         """Start new episodes in the environments where mask (N,) is True."""
-        seeds = [
-            self.seed + self.episodes[i] * self.count + i if mask[i] else None
-            for i in range(self.count)
-        ]
+        seeds = [self.episode_seed(i) if mask[i] else None for i in range(self.count)]
         obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": mask})
         first = {
             **obs,
@@ -195,6 +195,47 @@ class VectorCollector:
                 self.obs[key] = np.where(where, value, self.obs[key])
         self.returns[mask] = 0.0
         self.lengths[mask] = 0
+        for i in np.flatnonzero(mask):
+            self.actions[i] = []
+
+    def episode_seed(self, i: int) -> int:
+        """The seed of environment i's current episode."""
+        return self.seed + self.episodes[i] * self.count + i
+
+    def state_dict(self) -> dict:
+        """What resuming in the middle of episodes needs: the episode counts, the current
+        steps, and each running episode's return, length and actions so far."""
+        return {
+            "episodes": np.array(self.episodes, np.int64),  # (N,)
+            "returns": self.returns.copy(),  # (N,)
+            "lengths": self.lengths.copy(),  # (N,)
+            "obs": None if self.obs is None else dict(self.obs),  # (N, ...) arrays
+            "actions": {str(i): np.array(a, np.float32) for i, a in enumerate(self.actions)},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where state_dict was taken: every running episode is replayed from its
+        seed with its actions, so each environment is where it was (its simulator's state
+        included), and the last observation is checked against the saved one. Raises
+        RuntimeError when an environment does not reproduce it (not deterministic)."""
+        self.episodes = [int(n) for n in state["episodes"]]
+        self.returns = np.array(state["returns"], np.float64)
+        self.lengths = np.array(state["lengths"], np.int64)
+        self.actions = [list(state["actions"][str(i)]) for i in range(self.count)]
+        self.obs = (
+            None if state["obs"] is None else {k: np.array(v) for k, v in state["obs"].items()}
+        )
+        if self.obs is None:
+            return
+        plans = {i: (self.episode_seed(i), np.array(self.actions[i])) for i in range(self.count)}
+        reached = self.envs.call("replay", plans)  # one observation dict per environment
+        for i, obs in enumerate(reached):
+            for key, value in obs.items():
+                if not np.array_equal(value, self.obs[key][i]):
+                    raise RuntimeError(
+                        f"environment {i} did not reach its saved {key!r} when its episode "
+                        f"was replayed from seed {self.episode_seed(i)}: it is not deterministic"
+                    )
 
     def store(self, obs: dict, actions: np.ndarray, envs) -> None:
         """Write step i of the batch into stream i, for each environment i in `envs`."""

@@ -6,10 +6,15 @@ exist there, with a value of the same type), and saved back as plain YAML.
 """
 
 import difflib
+import os
 import re
 from pathlib import Path
 
+import numpy as np
 import yaml
+
+from natural_dreamer.files import write_atomically
+from natural_dreamer.utils import naming_write_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
@@ -47,11 +52,40 @@ def available_configs() -> list:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yml") if p.stem != "defaults")
 
 
+class NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses aliases (*name): a few nested anchors and aliases (an
+    "alias bomb") expand ninefold per level into gigabytes. No config needs them; refusing the
+    first alias means the expansion is never built."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.MarkedYAMLError(
+                problem="aliases (*name) are not allowed in configs", problem_mark=mark
+            )
+        return super().compose_node(parent, index)
+
+
+def safe_load(text):
+    """yaml.safe_load without aliases (NoAliasLoader); nesting deep enough to exhaust the
+    parser's recursion is a YAMLError too."""
+    try:
+        return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
+def shown(value, limit: int = 60) -> str:
+    """repr(value) for a message, cut to `limit` characters: a message stays one line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def read_yaml(path: Path) -> dict:
     """Parse a YAML file safely; a syntax error names the file and line."""
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = safe_load(f) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -81,13 +115,13 @@ def check_type(key: str, value, default):
     if key in MIXED_TYPES:
         return value
     if value is None:
-        raise ConfigError(f"{key} needs a value (like {default!r}), got none")
+        raise ConfigError(f"{key} needs a value (like {shown(default)}), got none")
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, type(default)):
         raise ConfigError(
-            f"{key} must be {type(default).__name__} (like {default!r}), "
-            f"got {type(value).__name__} {value!r}"
+            f"{key} must be {type(default).__name__} (like {shown(default)}), "
+            f"got {type(value).__name__} {shown(value)}"
         )
     return value
 
@@ -132,7 +166,7 @@ def describe(spec: str) -> str:
 
 def check_value(key: str, value, spec: str) -> None:
     """Raise ConfigError unless value satisfies spec (see defaults.yml's header)."""
-    problem = f"{key} must be {describe(spec)}, got {value!r}"
+    problem = f"{key} must be {describe(spec)}, got {shown(value)}"
     number = NUMBER_SPEC.match(spec)
     if number:
         kind, op, bound, open_, low, high, close = number.groups()
@@ -162,7 +196,7 @@ def check_value(key: str, value, spec: str) -> None:
             raise ConfigError(problem)
     elif spec == "device":
         if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-            raise ConfigError(f"{key} must be auto, cpu, cuda or cuda:N, got {value!r}")
+            raise ConfigError(f"{key} must be auto, cpu, cuda or cuda:N, got {shown(value)}")
     else:
         raise ConfigError(f"{key} declares an unknown kind of values {{{spec}}} in defaults.yml")
 
@@ -172,7 +206,7 @@ def set_key(tree: dict, key: str, value, defaults: dict, source: str) -> None:
     if key not in defaults:
         close = difflib.get_close_matches(key, list(defaults), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown config key '{key}' in {source}{hint}")
+        raise ConfigError(f"unknown config key {shown(key)} in {source}{hint}")
     value = check_type(key, value, defaults[key])
     *parents, leaf = key.split(".")
     for part in parents:
@@ -196,7 +230,9 @@ def load_config(name: str, overrides=None) -> AttrDict:
         set_key(config, key, value, defaults, str(path))
     pairs = overrides.items() if isinstance(overrides, dict) else overrides or []
     for key, value in pairs:
-        if isinstance(value, str):
+        # A text key keeps the text as typed: --run_name 2024 is the name "2024", not a number.
+        text_key = isinstance(defaults.get(key), str) and key not in MIXED_TYPES
+        if isinstance(value, str) and not text_key:
             value = parse_scalar(value)
         set_key(config, key, value, defaults, "the command line")
     config["config_name"] = name
@@ -228,7 +264,7 @@ def check_name(kind: str, name) -> str:
     with a letter or digit; at most 64 characters; no '..'), else raise ConfigError."""
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
         raise ConfigError(
-            f"{kind} {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+            f"{kind} {shown(name)} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, without '..' (it names files in the output folders)"
         )
     return name
@@ -256,10 +292,57 @@ def validate(config: AttrDict) -> None:
         )
 
 
+def machine_memory() -> int:
+    """Bytes of physical memory (os.sysconf); 0 where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def memory_needed(config: AttrDict, obs_space: dict, action_size: int) -> tuple:
+    """(replay bytes, batch bytes) at the least, before anything is allocated.
+
+    A replay row holds every observation, the action (float32), the reward (float32) and two
+    flags. The buffer's pages are only touched as steps arrive, so replay counts the rows the
+    budget can fill: min(capacity, policy steps + one first observation per episode). A batch
+    holds B x T rows as float32 (images too), on the host before any device.
+    obs_space: {name: (shape, dtype)} as an environment reports it; action_size: its length.
+    """
+    observation = sum(
+        int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in obs_space.values()
+    )
+    floats = sum(int(np.prod(shape)) * 4 for shape, _ in obs_space.values())
+    row = observation + 4 * action_size + 4 + 2
+    train, repeat = config.train, config.env.action_repeat
+    policy_steps = train.steps // repeat + train.envs
+    episodes = policy_steps // max(1, config.env.time_limit // repeat) + train.envs
+    rows = min(train.replay_capacity, policy_steps + episodes)
+    wm = config.world_model
+    batch = wm.batch_size * wm.batch_length * (floats + 4 * action_size + 4 + 2)
+    return rows * row, batch
+
+
+def check_memory(config: AttrDict, obs_space: dict, action_size: int, have: int = 0) -> None:
+    """Refuse in one line (ConfigError) a config whose replay and batch alone need more
+    memory than the machine has (`have` bytes; machine_memory() by default)."""
+    have = have or machine_memory()
+    replay, batch = memory_needed(config, obs_space, action_size)
+    if have and replay + batch > have:
+        wm, gb = config.world_model, 2**30
+        raise ConfigError(
+            f"this config needs more memory than the machine's {have / gb:.1f} GB: "
+            f"{replay / gb:.1f} GB of replay (the steps train.steps fills of "
+            f"train.replay_capacity {config.train.replay_capacity}) and {batch / gb:.1f} GB "
+            f"per batch (world_model.batch_size {wm.batch_size} x batch_length "
+            f"{wm.batch_length}): lower them"
+        )
+
+
 def parse_scalar(text: str):
     """A command-line value as YAML reads it, with 1e-4-style floats read as floats."""
     try:
-        value = yaml.safe_load(text)
+        value = safe_load(text)
     except yaml.YAMLError:
         return text
     if isinstance(value, str):
@@ -271,7 +354,7 @@ def parse_scalar(text: str):
 
 
 def save_config(config: AttrDict, path: Path) -> None:
-    """Write the resolved config as plain YAML."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+    """Write the resolved config as plain YAML (through a new file and a rename: a link
+    planted at `path` is replaced, not written through)."""
+    with naming_write_errors(path):
+        write_atomically(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

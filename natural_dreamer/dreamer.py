@@ -1,7 +1,10 @@
 """The Dreamer agent: world model + behaviour, their optimisers, one training step, acting.
 
 A training step is the paper's loop body: world_model_training on a replayed batch, then
-behavior_training in imagination from every posterior state of that batch.
+behavior_training in imagination from every posterior state of that batch. Neither a training
+step nor acting reads a value back to the host before its end (see deferred.py): a training
+step's metrics and finiteness checks stay on the device, and acting reads its action and its
+checks in one transfer.
 """
 
 import contextlib
@@ -12,17 +15,21 @@ import torch
 from torch import nn
 
 from natural_dreamer.behavior import Behavior
+from natural_dreamer.deferred import TrainStep, UnreadSteps
 from natural_dreamer.distributed import average_gradients
-from natural_dreamer.distributions import twohot_bins
+from natural_dreamer.distributions import NormalAction, twohot_bins
 from natural_dreamer.exploration import Plan2Explore
 from natural_dreamer.fastpath import (
     choose_compile,
     choose_filter_precision,
     choose_precision,
+    compile_mode,
     machine_id,
     pin_vector_width,
     planned_updates,
+    use_tf32,
 )
+from natural_dreamer.loader import HOST_KEYS, to_device
 from natural_dreamer.networks import MLP, ImageDecoder, ImageEncoder, TwoHotHead, model_sizes
 from natural_dreamer.optim import clip_gradients, make_optimizer
 from natural_dreamer.rssm import LatentNet, RecurrentCell
@@ -34,10 +41,15 @@ class Dreamer(nn.Module):
 
     obs_space: dict "image" -> ((H, W, 3), uint8) and/or "vector" -> ((N,), float32);
     action_size: number of action dimensions (or of discrete actions, given one-hot).
+
+    `unread` holds the training steps whose numbers the host has not read yet (the Trainer
+    adds each; deferred.py says how far that check lags and why that is safe): state_dict
+    checks them first, so no checkpoint holds the parameters of a non-finite update.
     """
 
     def __init__(self, obs_space: dict, action_size: int, discrete: bool, config, device="cpu"):
         super().__init__()
+        self.unread = UnreadSteps()  # the training steps the host has not read yet
         self.config, self.discrete, self.action_size = config, discrete, action_size
         self.device = torch.device(device)
         self.world_model = WorldModel(obs_space, action_size, config)
@@ -66,11 +78,16 @@ class Dreamer(nn.Module):
         )
         self.precision_reason += f"; {why}" if why else ""
         self.measured_reason = self.precision_reason  # what a checkpoint records
+        # The float32 products left (outside bf16 autocast) in TF32 where a GPU has it.
+        tf32, why = use_tf32(self.device)
+        self.precision_reason += f"; {why}" if tf32 else ""
         self.compiled, self.compile_reason = choose_compile(
             config.compile, self.device, planned_updates(config)
         )
         if self.compiled:
-            compile_networks(self)
+            mode, why = compile_mode(self.device)
+            compile_networks(self, mode)
+            self.compile_reason += f"; {why}" if why else ""
 
     def build_explorer(self, sizes: dict) -> Plan2Explore:
         """Plan2Explore's ensemble and exploration actor-critic, with their optimisers."""
@@ -142,16 +159,20 @@ class Dreamer(nn.Module):
         return contextlib.nullcontext()
 
     def batch_to_torch(self, batch: dict) -> dict:
-        """NumPy (B, T, ...) arrays -> tensors on the device; images stay uint8 until encoded."""
-        return {key: torch.as_tensor(value, device=self.device) for key, value in batch.items()}
+        """NumPy (B, T, ...) arrays -> tensors on the device (tensors are used as they are);
+        images stay uint8 until encoded. The replay rows (loader.HOST_KEYS, the trainer's
+        business) are left out."""
+        model = {key: value for key, value in batch.items() if key not in HOST_KEYS}
+        return to_device(model, self.device)
 
-    def train_step(self, batch: dict) -> dict:
+    def train_step(self, batch: dict) -> TrainStep:
         """One gradient step of the world model, the actor and the critic (and under
         plan2explore of the ensemble and the exploration actor and critic).
 
         batch: dict of (B, T, ...) arrays from ReplayBuffer.sample (tensors are used as they
-        are). Returns metrics as floats; the posterior states of the batch are kept in
-        `last_posterior` ({"deter": (B, T, D), "stoch": (B, T, S, C)}, detached).
+        are). Returns a TrainStep: the metrics (a mapping {name: float} when read), the
+        values the update guarded and the posterior states of the batch ({"deter": (B, T, D),
+        "stoch": (B, T, S, C)}, detached), all on the device: nothing here waits for it.
         """
         batch = self.batch_to_torch(batch)
         replay_grad = self.behavior.replay_grad
@@ -173,22 +194,27 @@ class Dreamer(nn.Module):
             "actor": self.behavior.actor,
             "critic": self.behavior.critic,
         }
-        metrics.update(self.update(losses, modules))
+        checks = []  # (label, value) of each loss and gradient norm, in the order met
+        metrics.update(self.update(losses, modules, checks))
         self.behavior.update_slow_critic()
         posterior = {key: value.detach() for key, value in posterior.items()}
-        self.last_posterior = posterior  # (B, T, ...) states: the replay context writes them back
         if self.explorer is not None:
-            metrics.update(self.train_explorer(posterior, batch))
-        values = torch.stack([value.detach().float() for value in metrics.values()]).tolist()
-        return dict(zip(metrics, values, strict=True))
+            metrics.update(self.train_explorer(posterior, batch, checks))
+        # One vector, so that the host reads a step (or a whole interval of them) at once.
+        values = [value for _, value in checks] + [value.detach() for value in metrics.values()]
+        vector = torch.stack([value.float() for value in values])  # (C + M,)
+        return TrainStep([label for label, _ in checks], metrics, vector, posterior)
 
-    def train_explorer(self, posterior: dict, batch: dict) -> dict:
+    def train_explorer(self, posterior: dict, batch: dict, checks: list) -> dict:
         """Plan2Explore's step: the ensemble on the replayed transitions, then the exploration
-        actor and critic in imagination from the same posterior states. Returns metrics."""
+        actor and critic in imagination from the same posterior states. Returns metrics;
+        appends what its updates guard to `checks`."""
         explorer = self.explorer
         with self.autocast():
             loss, metrics = explorer.ensemble_loss(posterior, batch)
-        norms = self.update({"explore_ensemble": loss}, {"explore_ensemble": explorer.ensemble})
+        norms = self.update(
+            {"explore_ensemble": loss}, {"explore_ensemble": explorer.ensemble}, checks
+        )
         metrics["explore/ensemble_grad_norm"] = norms["explore_ensemble/grad_norm"]
         with self.autocast():
             actor_loss, critic_loss, behavior_metrics = explorer.behavior_loss(
@@ -199,21 +225,23 @@ class Dreamer(nn.Module):
         norms = self.update(
             {"explore_actor": actor_loss, "explore_critic": critic_loss},
             {"explore_actor": behavior.actor, "explore_critic": behavior.critic},
+            checks,
         )
         metrics["explore/actor/grad_norm"] = norms["explore_actor/grad_norm"]
         metrics["explore/critic/grad_norm"] = norms["explore_critic/grad_norm"]
         behavior.update_slow_critic()
         return metrics
 
-    def update(self, losses: dict, modules: dict) -> dict:
+    def update(self, losses: dict, modules: dict, checks: list) -> dict:
         """Backpropagate the sum of `losses` {name: scalar} once, then step each module's
         optimiser with its own clipped gradient. Returns {"<name>/grad_norm": norm}.
 
-        Every loss must reach only its own module's parameters (the callers make sure).
+        Every loss must reach only its own module's parameters (the callers make sure). Each
+        loss and each norm goes into `checks` as ("the <name> loss", value) and ("the <name>
+        gradient norm", value), for the host to check later (deferred.py): asking here
+        whether they are finite would make the host wait for the device twice per update.
         """
-        for name, loss in losses.items():
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the {name} loss became {loss.item()}")
+        checks += [(f"the {name} loss", loss.detach()) for name, loss in losses.items()]
         for name in losses:
             self.optimizers[name].zero_grad(set_to_none=True)
         sum(losses.values()).backward()
@@ -222,8 +250,7 @@ class Dreamer(nn.Module):
             # Data-parallel runs: every rank steps with the mean gradient (distributed.py).
             average_gradients(module.parameters())
             norm = clip_gradients(module.parameters(), self.config)
-            if not torch.isfinite(norm):  # stop before a bad step reaches the parameters
-                raise FloatingPointError(f"the {name} gradient norm became {norm.item()}")
+            checks.append((f"the {name} gradient norm", norm))
             norms[f"{name}/grad_norm"] = norm
         for name in modules:
             self.optimizers[name].step()
@@ -247,26 +274,56 @@ class Dreamer(nn.Module):
         obs: dict of (N, ...) arrays with the observation keys and "is_first" (N,).
         state: from initial_state or the previous call. explore: sample (else the mode).
         actor: the Actor that chooses; the task actor when None. Returns (actions (N, A) as a
-        NumPy float32 array ready for the environment, new state).
+        NumPy float32 array ready for the environment, new state). The one transfer to the
+        host of a policy step: the actions with their two checks (policy_step). Where one
+        fails, an unread training step may be the cause, and is named instead (deferred.py).
         """
+        action, finite, state = self.policy_step(obs, state, explore, actor)
+        host = torch.cat([action.float().flatten(), finite.float()]).cpu().numpy()
+        state_ok, policy_ok = host[-2:]
+        if not state_ok or not policy_ok:
+            self.unread.check()  # a non-finite update raises here, naming its loss
+        if not state_ok:
+            raise FloatingPointError("the model state became non-finite while acting")
+        if not policy_ok:
+            raise FloatingPointError("the actor's output became non-finite while acting")
+        return host[:-2].reshape(action.shape).astype(np.float32), state
+
+    @torch.no_grad()
+    def policy_step(self, obs: dict, state: dict, explore: bool = True, actor=None) -> tuple:
+        """act's work on the device, reading nothing back: (actions (N, A), finite (2,) bool:
+        whether the model state and the policy's parameters are all finite numbers, new
+        state), every tensor on the agent's device."""
         actor = self.behavior.actor if actor is None else actor
         wm = self.world_model
-        obs_t = {
-            key: torch.as_tensor(np.asarray(obs[key]), device=self.device) for key in wm.obs_keys
-        }
-        is_first = torch.as_tensor(np.asarray(obs["is_first"]), device=self.device).bool()
+        arrays = {key: np.asarray(obs[key]) for key in (*wm.obs_keys, "is_first")}
+        obs_t = to_device(arrays, self.device)  # pinned, without blocking, on a GPU
+        is_first = obs_t.pop("is_first").bool()
         embed = wm.encoder(obs_t)  # (N, E)
         rssm_state = {"deter": state["deter"], "stoch": state["stoch"]}
         rssm_state, _ = wm.rssm.observe_step(rssm_state, state["action"], embed, is_first)
         feat = wm.rssm.full_state(rssm_state)
-        if not torch.isfinite(feat).all():
-            raise FloatingPointError("the model state became non-finite while acting")
         policy = actor(feat)
-        if not policy.is_finite():
-            raise FloatingPointError("the actor's output became non-finite while acting")
+        finite = torch.stack([torch.isfinite(feat).all(), policy_is_finite(policy)])  # (2,)
         raw = policy.sample() if explore else policy.mode()
         action = policy.to_env(raw)
-        return action.cpu().numpy().astype(np.float32), {**rssm_state, "action": action}
+        return action, finite, {**rssm_state, "action": action}
+
+    def state_dict(self, *args, **kwargs):
+        """nn.Module's state_dict, after checking the unread training steps (UnreadSteps.check
+        raises FloatingPointError at a non-finite one): every checkpoint is made from here,
+        so none holds the parameters of a non-finite update."""
+        self.unread.check()
+        return super().state_dict(*args, **kwargs)
+
+
+def policy_is_finite(policy) -> torch.Tensor:
+    """0-d bool on the device: whether every parameter of a policy (NormalAction's mean and
+    std, CategoricalAction's logits) is a finite number. Unlike policy.is_finite(), it does
+    not read the answer back to the host."""
+    if isinstance(policy, NormalAction):
+        return torch.isfinite(policy.dist.loc).all() & torch.isfinite(policy.dist.scale).all()
+    return torch.isfinite(policy.logits).all()
 
 
 def precision_label(precision: str, filter_fp32: bool) -> str:
@@ -280,8 +337,10 @@ def precision_label(precision: str, filter_fp32: bool) -> str:
 COMPILED = (MLP, ImageEncoder, ImageDecoder, RecurrentCell, LatentNet)
 
 
-def compile_networks(agent: nn.Module) -> None:
-    """torch.compile those modules in place (their parameters and state_dict keys unchanged).
+def compile_networks(agent: nn.Module, mode: str = "default") -> None:
+    """torch.compile those modules in place (their parameters and state_dict keys unchanged);
+    mode: torch.compile's mode for the sequential step regions (fastpath.compile_mode:
+    "reduce-overhead", CUDA graphs, on a GPU).
 
     dynamic=True gives one graph for every batch size (acting, training, imagination), so
     the first steps compile a handful of graphs and later steps compile none. The graphs
@@ -312,12 +371,13 @@ def compile_networks(agent: nn.Module) -> None:
     # too), so each of the 64 filtering and 15 imagined steps is a few fused kernels instead
     # of a hundred small operations. Their random numbers are drawn outside (see
     # RSSM.observe), so compiled and eager runs consume the same random streams.
+    # On a GPU each step is replayed as one CUDA graph: one launch instead of dozens.
     rssm = agent.world_model.rssm
-    rssm.filter_step = torch.compile(rssm.filter_step, dynamic=True)
-    rssm.predict_step = torch.compile(rssm.predict_step, dynamic=True)
+    rssm.filter_step = torch.compile(rssm.filter_step, dynamic=True, mode=mode)
+    rssm.predict_step = torch.compile(rssm.predict_step, dynamic=True, mode=mode)
     behaviors = [agent.behavior] + ([agent.explorer.behavior] if agent.explorer else [])
     for behavior in behaviors:
-        behavior.rollout_step = torch.compile(behavior.rollout_step, dynamic=True)
+        behavior.rollout_step = torch.compile(behavior.rollout_step, dynamic=True, mode=mode)
     # What follows the loops, each as one region too: the world model's heads and losses on
     # the filtered states, and the actor's and critic's losses on the imagined rollout.
     # Eager, their few hundred small operations each pay a fixed cost (on two threads, a

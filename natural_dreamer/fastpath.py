@@ -26,6 +26,24 @@ compile    on where the run's gradient steps repay a warm-up of 1-3 minutes (at 
            COMPILE_MIN_UPDATES) and the toolchain is there (a C++ compiler on a CPU, Triton
            on CUDA); otherwise off.
 
+On CUDA (none of it measured yet: a GPU has not been lent; docs/performance.md "GPU: on
+paper" projects what each is worth):
+
+precision  "bf16" wherever the GPU multiplies bf16 natively (torch.cuda.is_bf16_supported:
+           Ampere and newer), without timing it: tensor cores take bf16 at twice TF32's rate,
+           and the filtering loop stays in bf16 (an eager step would time kernel launches,
+           which the CUDA graphs below remove).
+tf32       the float32 products left outside bf16 autocast (and every product under "fp32")
+           in TF32 on GPUs of compute capability 8.0 and up (use_tf32).
+compile    the sequential regions (a filtering step, an imagined step) with torch.compile's
+           mode "reduce-overhead": each replayed as one CUDA graph, a single launch instead of
+           dozens of kernels (compile_mode).
+pinned     replay batches copied to the GPU from pinned memory without blocking, the next one
+           sampled while the current update runs (loader.py, choose_pinned).
+
+Each CUDA choice is made by a function of the device and a description of the GPU
+(`cuda_facts`), so that tests on a CPU can ask what a GPU would get.
+
 `use_heap_allocator` keeps freed memory inside the process: glibc hands every block above its
 mmap threshold back to the kernel on free, and the next training step faults every page of
 it in again (measured: 1.3 million minor faults and 2.7 s of system time per 12m image step;
@@ -69,11 +87,37 @@ def cpu_flags() -> set:
     return set()
 
 
-def native_bf16(device: torch.device) -> tuple:
-    """(True or False, why): does this device multiply bfloat16 natively?"""
+def cuda_facts(device: torch.device) -> dict:
+    """What the CUDA choices depend on, read from the GPU: {"name": str, "capability":
+    (major, minor), "bf16": native bfloat16 products, "triton": whether Triton (which
+    torch.compile writes CUDA kernels in) imports}. Tests pass such a dict instead."""
+    try:
+        import triton  # noqa: F401
+
+        triton_found = True
+    except ImportError:
+        triton_found = False
+    return {
+        "name": torch.cuda.get_device_name(device),
+        "capability": torch.cuda.get_device_capability(device),
+        "bf16": torch.cuda.is_bf16_supported(),
+        "triton": triton_found,
+    }
+
+
+def describe_gpu(gpu: dict) -> str:
+    """ "NVIDIA H100 80GB HBM3, compute capability 9.0" """
+    return f"{gpu['name']}, compute capability {'.'.join(map(str, gpu['capability']))}"
+
+
+def native_bf16(device: torch.device, gpu: dict | None = None) -> tuple:
+    """(True or False, why): does this device multiply bfloat16 natively? gpu: cuda_facts of
+    a CUDA device (read from it when None)."""
     if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-        return ok, "CUDA bf16" if ok else "this GPU has no bf16"
+        gpu = gpu or cuda_facts(device)
+        if gpu["bf16"]:
+            return True, f"CUDA bf16 ({describe_gpu(gpu)})"
+        return False, f"this GPU has no bf16 ({describe_gpu(gpu)})"
     flags = cpu_flags()
     if not flags:  # not Linux: let the measurement decide
         return True, "unknown CPU"
@@ -148,13 +192,16 @@ def matmul_seconds(dtype, width: int, device: torch.device, rounds: int = 7) -> 
     return min(round_seconds(lambda: a @ b, device, 5) for _ in range(rounds))
 
 
-def choose_precision(requested: str, device: torch.device, width: int) -> tuple:
-    """(precision, why) for a config's `precision` ("auto", "bf16" or "fp32")."""
+def choose_precision(requested: str, device: torch.device, width: int, gpu=None) -> tuple:
+    """(precision, why) for a config's `precision` ("auto", "bf16" or "fp32"). gpu: cuda_facts
+    of a CUDA device (read from it when None)."""
     if requested != "auto":
         return requested, "set in the config"
-    native, why = native_bf16(device)
+    native, why = native_bf16(device, gpu)
     if not native:
         return "fp32", why
+    if device.type == "cuda":  # tensor cores: bf16 at twice TF32's rate, nothing to measure
+        return "bf16", why
     with one_thread():
         fp32 = matmul_seconds(torch.float32, width, device)
         bf16 = matmul_seconds(torch.bfloat16, width, device)
@@ -204,6 +251,8 @@ def choose_filter_precision(precision: str, requested: str, rssm, rows: int) -> 
     everywhere), and only where the step measures at least FILTER_FP32_MIN_SPEEDUP faster."""
     if precision != "bf16" or requested != "auto":
         return False, ""
+    if rssm.cell.gates.weight.device.type == "cuda":
+        return False, "filtering loop in bf16 (a GPU's eager step times kernel launches)"
     with one_thread():
         bf16, fp32 = filter_step_seconds(rssm, rows)
     speedup = bf16 / fp32
@@ -213,14 +262,13 @@ def choose_filter_precision(precision: str, requested: str, rssm, rows: int) -> 
     return False, f"filtering loop in bf16: {measured} as fast in fp32"
 
 
-def choose_compile(requested, device: torch.device, updates: int) -> tuple:
-    """(True or False, why) for a config's `compile` (True, False or "auto")."""
+def choose_compile(requested, device: torch.device, updates: int, gpu=None) -> tuple:
+    """(True or False, why) for a config's `compile` (True, False or "auto"). gpu: cuda_facts
+    of a CUDA device (read from it when None)."""
     if requested is not True and requested != "auto":
         return False, "set in the config"
     if device.type == "cuda":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
+        if not (gpu or cuda_facts(device))["triton"]:
             return False, "no Triton for CUDA kernels"
     elif not any(shutil.which(name) for name in ("c++", "g++", "clang++")):
         if requested is True:
@@ -231,6 +279,45 @@ def choose_compile(requested, device: torch.device, updates: int) -> tuple:
     if updates < COMPILE_MIN_UPDATES:
         return False, f"{updates} updates do not repay the warm-up"
     return True, f"{updates} updates repay the 1-3 minute warm-up"
+
+
+def use_tf32(device: torch.device, gpu: dict | None = None, apply: bool = True) -> tuple:
+    """(True or False, why): take float32 matrix products and convolutions in TF32 (10-bit
+    mantissa, float32's range) on this device? Yes on CUDA GPUs of compute capability 8.0
+    and up (Ampere and newer); a CPU has no TF32. apply: set torch's CUDA backend flags
+    accordingly (a setting of the whole process; leave it False to only ask)."""
+    if device.type != "cuda":
+        return False, "no TF32 off CUDA"
+    gpu = gpu or cuda_facts(device)
+    if tuple(gpu["capability"]) < (8, 0):
+        return False, f"no TF32 before compute capability 8.0 ({describe_gpu(gpu)})"
+    if apply:
+        matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+        if hasattr(matmul, "fp32_precision"):  # torch 2.9 and later
+            matmul.fp32_precision = conv.conv.fp32_precision = "tf32"
+        else:
+            matmul.allow_tf32 = conv.allow_tf32 = True
+    return True, "float32 products in TF32"
+
+
+def compile_mode(device: torch.device) -> tuple:
+    """(torch.compile mode, why) for the sequential regions, a filtering step and an imagined
+    step, run 64 and 15 times one after another per update. On CUDA "reduce-overhead": each
+    call replays one CUDA graph, a single launch for the dozens of kernels inside (on a GPU
+    an eager 12m update is launch-bound, docs/performance.md "GPU: on paper"). Elsewhere
+    "default" (why is empty: nothing to add to the start-up line)."""
+    if device.type == "cuda":
+        return "reduce-overhead", "filtering and imagination steps as CUDA graphs"
+    return "default", ""
+
+
+def choose_pinned(device: torch.device) -> tuple:
+    """(True or False, why): copy replay batches to the device from pinned (page-locked)
+    memory, without blocking? On CUDA yes: the copy then runs beside the GPU's work instead of
+    making the host wait for it. Elsewhere the batch is used where it lies."""
+    if device.type == "cuda":
+        return True, "batches copied from pinned memory without blocking"
+    return False, f"batches used in place on the {device.type}"
 
 
 # torch's own default when this module was imported: one thread per physical core. The

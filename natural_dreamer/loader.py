@@ -7,25 +7,38 @@ stream while the current gradient step runs. The thread only runs during a gradi
 (`wait` is called before the buffer is written again), so which batches come out never
 depends on timing: a run is as repeatable as on the CPU. The one difference is that the
 batch of update k + 1 is drawn during update k, before any steps collected in between.
+
+The replay rows of a batch (HOST_KEYS: where the context states are read, where the fresh ones
+are written back) stay NumPy arrays on the host, where they are used: on a GPU, reading them
+back from the device would make the host wait for every kernel queued before.
 """
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
+
+from natural_dreamer.fastpath import choose_pinned
+
+# Keys of ReplayBuffer.sample's batches that address replay rows: the host's, not the model's.
+HOST_KEYS = ("context_row", "index")
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    """NumPy (B, T, ...) arrays -> tensors on `device`; to a GPU through pinned memory,
-    without blocking. Images stay uint8 until the encoder converts them."""
-    cuda = device.type == "cuda"
+    """NumPy (B, T, ...) arrays (or tensors) -> tensors on `device`; to a GPU through pinned
+    memory, without blocking (fastpath.choose_pinned). Images stay uint8 until the encoder
+    converts them; HOST_KEYS stay NumPy arrays."""
+    device = torch.device(device)
+    pinned, _ = choose_pinned(device)
     tensors = {}
     for key, array in batch.items():
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if cuda:
+        if key in HOST_KEYS:
+            tensors[key] = array
+            continue
+        tensor = torch.as_tensor(array)
+        if pinned and tensor.device.type == "cpu":
             tensor = tensor.pin_memory()
-        tensors[key] = tensor.to(device, non_blocking=cuda)
+        tensors[key] = tensor.to(device, non_blocking=pinned)
     return tensors
 
 
@@ -58,7 +71,7 @@ class BatchLoader:
                 tensor.record_stream(torch.cuda.current_stream(self.device))
         self.pending = None
         if self.context:
-            rows = batch.pop("context_row").cpu().numpy()
+            rows = batch.pop("context_row")  # (B,) NumPy: read on the host
             batch.update(to_device(self.buffer.context_states(rows), self.device))
         if self.ahead:
             self.state_before_pending = self.buffer.sampler_state()

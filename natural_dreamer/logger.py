@@ -11,6 +11,7 @@ import math
 import numbers
 import os
 import secrets
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from natural_dreamer.files import open_in_place
 from natural_dreamer.utils import naming_write_errors
 
 # Columns that keep a fixed place whatever order the first row lists them in.
@@ -62,16 +64,33 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """Header and rows of a CSV written by MetricsLogger; ([], []) if the file is empty.
 
     A last line without its newline is the remains of a write cut short by a crash: it is
-    dropped rather than read as a row of truncated numbers.
+    dropped rather than read as a row of truncated numbers. So is any line that is not a
+    row of numbers as long as the header (a file cut short by another process, then
+    appended to): a row is whole or absent. A link at `path` is refused (OSError).
     """
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    text = ""
+    if path.exists() or path.is_symlink():
+        with os.fdopen(open_in_place(path, os.O_RDONLY, single=False), "rb") as handle:
+            text = handle.read().decode("utf-8", errors="replace")
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
     lines = list(csv.reader(text.splitlines()))
     if not lines:
         return [], []
     header = lines[0]
-    return header, [dict(zip(header, line, strict=False)) for line in lines[1:]]
+    rows = [line for line in lines[1:] if len(line) == len(header) and all(map(_numeric, line))]
+    return header, [dict(zip(header, line, strict=True)) for line in rows]
+
+
+def _numeric(cell: str) -> bool:
+    """Whether a CSV cell is one the logger writes: empty, or a number."""
+    if cell == "":
+        return True
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -144,17 +163,27 @@ class MetricsLogger:
         elif new_columns:
             _, old_rows = _read_rows(self.csv_path)
             self._rewrite(order_columns(self.header, new_columns), old_rows + [cells])
+        elif not self._ends_cleanly():  # cut short by another process: rows stay whole
+            _, old_rows = _read_rows(self.csv_path)
+            self._rewrite(self.header, old_rows + [cells])
         else:
-            with (
-                naming_write_errors(self.csv_path),
-                self.csv_path.open("a", encoding="utf-8", newline="") as handle,
-            ):
-                csv.writer(handle, lineterminator="\n").writerow(
-                    [cells.get(name, "") for name in self.header]
-                )
-                handle.flush()
-                os.fsync(handle.fileno())
+            line = io.StringIO()
+            csv.writer(line, lineterminator="\n").writerow(
+                [cells.get(name, "") for name in self.header]
+            )
+            flags = os.O_WRONLY | os.O_APPEND
+            with naming_write_errors(self.csv_path):
+                with os.fdopen(open_in_place(self.csv_path, flags), "wb") as handle:
+                    handle.write(line.getvalue().encode("utf-8"))
+                    handle.flush()
+                    os.fsync(handle.fileno())
         self._maybe_plot()
+
+    def _ends_cleanly(self) -> bool:
+        """Whether the CSV is empty or ends with a whole line (a row appends after it)."""
+        with os.fdopen(open_in_place(self.csv_path, os.O_RDONLY, single=False), "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            return size == 0 or (handle.seek(size - 1) >= 0 and handle.read(1) == b"\n")
 
     def last(self, column: str) -> float | None:
         """The newest non-empty value of `column`, or None."""
@@ -177,10 +206,17 @@ class MetricsLogger:
         return len(rows) - len(kept)
 
     def plot(self) -> None:
-        """Rebuild the HTML page now (no-op without html_path)."""
-        if self.html_path is not None:
+        """Rebuild the HTML page now (no-op without html_path). The page is a view of the
+        CSV: a page that cannot be written (a read-only or full plots folder) is a warning
+        line on stderr, and the rows and the run go on."""
+        if self.html_path is None:
+            return
+        self._last_plot_time = time.monotonic()
+        try:
             plot_metrics(self.csv_path, self.html_path, self.title)
-            self._last_plot_time = time.monotonic()
+        except (OSError, ValueError) as error:
+            why = getattr(error, "strerror", None) or str(error).splitlines()[0][:160]
+            print(f"warning: cannot write the page {self.html_path}: {why}", file=sys.stderr)
 
     def close(self) -> None:
         """Rebuild the HTML page a final time. The CSV needs no closing: it is never held open."""
@@ -237,11 +273,12 @@ def smooth(values, weight: float = 0.9) -> np.ndarray:
 
 
 def read_metrics(csv_path: str | os.PathLike) -> pd.DataFrame:
-    """The CSV as a DataFrame of numbers (unparsable cells become NaN); empty if no rows yet."""
-    try:
-        frame = pd.read_csv(csv_path)
-    except pd.errors.EmptyDataError:  # a zero-byte file: the logger has not logged yet
+    """The CSV as a DataFrame of numbers (unparsable cells become NaN); empty if no rows yet.
+    Only whole rows are read (see _read_rows): a damaged line is left out, not an error."""
+    header, rows = _read_rows(Path(csv_path))
+    if not header:  # a zero-byte file: the logger has not logged yet
         return pd.DataFrame()
+    frame = pd.DataFrame([[row[name] for name in header] for row in rows], columns=header)
     return frame.apply(pd.to_numeric, errors="coerce")
 
 

@@ -19,6 +19,7 @@ together. Rank 0 alone writes metrics, checkpoints and videos.
 """
 
 import collections
+import os
 import random
 import signal
 import sys
@@ -33,6 +34,7 @@ from natural_dreamer import distributed
 from natural_dreamer.buffer import ReplayBuffer
 from natural_dreamer.checkpoint import (
     CheckpointError,
+    check_resumable,
     claim_run,
     load_checkpoint,
     numpy_to_torch,
@@ -51,10 +53,12 @@ from natural_dreamer.config import (
     ROOT,
     save_config,
 )
+from natural_dreamer.cores import CoreWatch
 from natural_dreamer.dreamer import Dreamer
 from natural_dreamer.envs import make_env
 from natural_dreamer.evaluate import check_same_config, checkpoint_path
 from natural_dreamer.fastpath import choose_threads, use_heap_allocator
+from natural_dreamer.files import refuse_links
 from natural_dreamer.loader import BatchLoader
 from natural_dreamer.logger import MetricsLogger
 from natural_dreamer.utils import pick_device, resident_mb, seed_everything
@@ -67,6 +71,11 @@ OUTPUT_FOLDERS = ("metrics", "plots", "checkpoints", "videos")
 # Updates after a start (the end of prefill, or a resume) that the ETA leaves out: the
 # first ones build torch.compile's graphs (a minute or more), which the rest never repeat.
 ETA_WARMUP_UPDATES = 3
+
+
+# The gradient step after which a run writes its first metrics row, whatever log_every says:
+# past the compile warm-up (ETA_WARMUP_UPDATES), with enough updates for a first ETA.
+FIRST_ROW_UPDATES = 20
 
 
 class StopRequest(Exception):  # noqa: N818 (a signal, not an error)
@@ -100,6 +109,9 @@ class Trainer:
             )
         use_heap_allocator()  # freed buffers stay in the process: no page faults per step
         self.threads, self.threads_reason = choose_threads(config.threads)  # before the agent
+        # Threads chosen by the machine follow it while the run trains (cores.py).
+        auto = config.threads == 0 and not os.environ.get("OMP_NUM_THREADS")
+        self.core_watch = CoreWatch(self.threads) if auto else None
         seed_everything(config.seed)  # the same initial agent on every rank
         self.device = pick_device(config.device, distributed.local_rank())
         self.eval_env = make_env(config.env, seed=config.seed + 10_000)
@@ -128,8 +140,11 @@ class Trainer:
 
     def claim(self) -> None:
         """Make this process the only one training the run (rank 0 holds the lock); a second
-        `main.py` on the same run name stops here with CheckpointError."""
+        `main.py` on the same run name stops here with CheckpointError. An output folder or
+        a file of the run that is a symbolic link stops it too (ValueError): no write may
+        follow a link planted in an output folder."""
         if self.main and self.lock is None:
+            refuse_links(self.root, OUTPUT_FOLDERS, self.run)
             self.lock = claim_run(self.path("checkpoints", f"{self.run}.lock"))
 
     def build_collection(self, env) -> None:
@@ -192,7 +207,7 @@ class Trainer:
         failed = True
         try:
             while self.env_steps < cfg.steps:
-                self.step(bar)
+                self.step_or_stop(bar)
                 if self.stop_signal:
                     raise StopRequest(self.stop_signal)
             failed = False
@@ -206,6 +221,26 @@ class Trainer:
             bar.close()
             self.close(quietly=failed)
 
+    def step_or_stop(self, bar) -> None:
+        """self.step, where a failure that a stop signal caused counts as the stop.
+
+        Ctrl-C signals the whole process group: the C++ compiler torch.compile started in
+        the warm-up dies with it, and the step fails (CppCompileError), as does one whose
+        environment workers were stopped (SIGTERM from `timeout` or Slurm). The counters
+        only advance after what they count succeeded (a gradient step that failed while
+        compiling changed no parameter), so the run stops and saves as if the signal had
+        come a step earlier. A non-finite value is a fault whatever else arrived.
+        """
+        try:
+            self.step(bar)
+        except (StopRequest, FloatingPointError):
+            raise
+        except Exception as error:
+            if not self.stop_signal:
+                raise
+            first = (str(error).strip().splitlines() or [""])[0][:120]
+            self.say(f"the step under way ended in {type(error).__name__} {first} (the stop)")
+
     def close(self, quietly: bool = False) -> None:
         """Close the writers (the last plot), the loader and the environments. quietly: a
         failure is already on its way out, so a second one (a full disk) is not raised."""
@@ -215,7 +250,7 @@ class Trainer:
                 continue
             try:
                 closer.close()
-            except OSError:
+            except Exception:  # noqa: BLE001 (workers a signal stopped fail in many ways)
                 if not quietly:
                     raise
         self.lock = None  # closing the file released the run
@@ -230,6 +265,10 @@ class Trainer:
                 title=self.run,
                 resume_from_env_steps=self.env_steps,
             )
+            # A checkpoint saved in a step that then wrote a row holds the metrics of that
+            # row: they are written already, so the next row starts afresh.
+            if self.env_steps and self.logger.last("env_steps") == self.env_steps:
+                self.interval.clear()
             # A resumed clock goes on from the newest kept row, which can be later than the
             # checkpoint's own time (the last row is written after the final evaluation).
             self.wall_offset = max(self.wall_offset, self.logger.last("wall_seconds") or 0.0)
@@ -242,20 +281,25 @@ class Trainer:
         """Note the signal; the loop stops at the end of the current policy step. Raising here
         instead could land inside torch.compile, which would swallow the exception. Says so
         at once: the step under way can take minutes (the first update compiles)."""
-        if not self.stop_signal and self.main:
+        first = not self.stop_signal
+        self.stop_signal = signum  # before a word is written: the terminal may be gone
+        if first and self.main:
             name = signal.Signals(signum).name
-            print(
-                f"{name}: stopping after the current step, then saving '{self.run}_latest'",
-                file=sys.stderr,
-                flush=True,
-            )
-        self.stop_signal = signum
+            try:  # an exception raised here would land anywhere in the step under way
+                print(
+                    f"{name}: stopping after the current step, then saving '{self.run}_latest'",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            except (OSError, ValueError):  # the pipe's reader (tee) stopped by the same signal
+                pass
 
     def step(self, bar) -> None:
         """One policy step in every environment, the gradient steps it pays for, and any
         logging or saving due."""
         cfg = self.config.train
         training = self.env_steps >= cfg.prefill
+        updates_before = self.gradient_steps
         try:
             finished = self.collector.step(self.policy if training else self.random_policy)
         except FloatingPointError as error:
@@ -272,8 +316,6 @@ class Trainer:
             self.interval["episode_return"].append(episode["return"])
             self.interval["episode_length"].append(episode["length"])
             self.count_achievements(episode.get("achievements"))
-        if finished:
-            bar.set_postfix(ret=f"{np.mean(self.returns):.1f}", grad=self.gradient_steps)
         # Once every stream holds a sequence and its context step (one row per environment
         # per step, at least).
         span = self.config.world_model.batch_length + self.context
@@ -282,6 +324,12 @@ class Trainer:
             owed = self.train_policy_steps * self.updates_per_policy_step
             while self.gradient_steps < int(owed):
                 self.gradient_step()
+        if finished or self.gradient_steps > updates_before:  # drawn at the next update
+            ret = f"{np.mean(self.returns):.1f}" if self.returns else "-"
+            bar.set_postfix(ret=ret, grad=self.gradient_steps, refresh=False)
+        if self.core_watch and (change := self.core_watch.check()):
+            self.threads = self.core_watch.threads
+            self.say(change)
         done = self.env_steps >= cfg.steps
         if done or (finished and self.gradient_steps >= self.next_checkpoint):
             # Saving at an episode boundary lets a resumed run start exactly where this left.
@@ -289,7 +337,11 @@ class Trainer:
         elif finished and self.main and self.save_due():
             self.save("latest", between=True)
         before = self.env_steps - new_steps * self.action_repeat
-        if done or self.env_steps // cfg.log_every > before // cfg.log_every:  # crossed a row
+        crossed = self.env_steps // cfg.log_every > before // cfg.log_every
+        # A run's first row comes once its first updates are done, not a whole log_every
+        # later (the 12m pixel walker: 40 minutes of updates on two CPU cores).
+        first = updates_before < FIRST_ROW_UPDATES <= self.gradient_steps
+        if done or crossed or first:
             self.log_row()
 
     def count_achievements(self, achieved: dict | None) -> None:
@@ -308,35 +360,36 @@ class Trainer:
         return float(np.exp(np.mean(np.log1p(rates))) - 1)
 
     def gradient_step(self) -> None:
+        """One update. Its metrics and finiteness checks stay on the device (agent.unread)
+        until the next metrics row or save reads them (deferred.py: how far that check lags,
+        and why that is safe); the one read here is the replay context's posterior states,
+        after the whole update is queued."""
         batch = self.loader.next()
         try:
-            metrics = self.agent.train_step(batch)
-        except FloatingPointError as error:
-            raise FloatingPointError(f"{error} at gradient step {self.gradient_steps}") from None
+            result = self.agent.train_step(batch)
         finally:
             self.loader.wait()  # no sampling may run while the collector writes
         if self.context:  # the fresh posterior states, for the sequences that start there
-            index = batch["index"].cpu().numpy()
-            posterior = self.agent.last_posterior
-            self.buffer.write_latents(
-                index,
-                posterior["deter"].float().cpu().numpy(),
-                posterior["stoch"].float().cpu().numpy(),
-            )
+            self.buffer.write_latents(batch["index"], *result.posterior_on_host())
         # Statistics that are not trained (the return normaliser's) follow rank 0's.
         distributed.broadcast_module(self.agent, buffers_only=True)
-        for key, value in metrics.items():
-            if not np.isfinite(value):
-                raise FloatingPointError(
-                    f"{key} became {value} at gradient step {self.gradient_steps}"
-                )
-            self.interval[key].append(value)
+        self.agent.unread.add(self.gradient_steps, result)
+        for name in result.names:  # a row's columns in the order of their first values
+            self.interval.setdefault(name, [])
         self.gradient_steps += 1
         if self.gradient_steps == self.first_update + ETA_WARMUP_UPDATES:  # warm from here
             self.eta_mark = (self.wall_seconds(), self.env_steps, self.gradient_steps)
 
+    def say(self, line: str) -> None:
+        """One line for the person watching the run (beside the progress bar); rank 0 only."""
+        if self.main and not self.quiet:
+            tqdm.write(line)
+
     def log_row(self, extra: dict | None = None) -> None:
         """Write one metrics row: counters, means over the interval, and wall time."""
+        # The interval's update metrics, in one transfer (a non-finite one raises here).
+        for key, values in self.agent.unread.read().items():
+            self.interval[key].extend(values)
         if not self.main:  # rank 0 alone writes metrics (of its own episodes)
             self.interval.clear()
             return
@@ -381,7 +434,8 @@ class Trainer:
         last, self.eta_mark = self.eta_mark, mark
         if last is None or mark[2] == last[2] or mark[1] == last[1]:
             return "-"
-        seconds = (mark[0] - last[0]) / (mark[1] - last[1]) * (self.config.train.steps - mark[1])
+        left = max(0, self.config.train.steps - mark[1])
+        seconds = max(0.0, (mark[0] - last[0]) / (mark[1] - last[1]) * left)
         if seconds < 90:
             return f"{seconds:.0f} s"
         return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
@@ -464,7 +518,6 @@ class Trainer:
                 "policy_steps": self.policy_steps,
                 "gradient_steps": self.gradient_steps,
                 "train_policy_steps": self.train_policy_steps,
-                "episodes": list(self.collector.episodes),  # of each environment
                 "next_checkpoint": self.next_checkpoint,
                 "wall_seconds": self.wall_seconds(),
                 "returns": list(self.returns),
@@ -475,6 +528,14 @@ class Trainer:
                 "torch": torch.get_rng_state(),
                 "python": list(random.getstate()[1]),
                 "random_policy": self.random_policy.rng.bit_generator.state,
+            },
+            # The metrics since the last row, so the next row's means cover the same updates
+            # and episodes as in a run never stopped.
+            "interval": self.interval_so_far(),
+            # The episodes under way: a run stopped in the middle of one continues it.
+            "collection": {
+                "collector": numpy_to_torch(self.collector.state_dict()),
+                "policy": dict(self.policy.state),  # the acting state: (N, ...) tensors
             },
             "config": self.config.to_dict(),
             "measured_choices": self.agent.measured_choices(),
@@ -509,21 +570,56 @@ class Trainer:
         return path
 
     def refuse_to_overwrite(self) -> None:
-        """A new run must not write over another run's outputs."""
-        taken = [self.path("metrics", f"{self.run}.csv")]
-        taken += sorted((self.root / "checkpoints").glob(f"{self.run}_*.pth"))
-        taken = [p for p in taken if p.exists()]
+        """A new run must not write over another run's outputs. A run with metrics but no
+        checkpoint (it stopped before its first) has nothing to resume from: its CSV and
+        plot are moved aside (metrics/<run>.partial-N.csv, plots/<run>.partial-N.html) and
+        it starts afresh."""
+        taken = sorted((self.root / "checkpoints").glob(f"{self.run}_*.pth"))
         if taken:
             raise CheckpointError(
                 f"run '{self.run}' already has outputs ({taken[0].relative_to(self.root)} ...): "
                 "continue it with --resume latest, or start another with --run_name NAME"
             )
+        csv = self.path("metrics", f"{self.run}.csv")
+        if not self.main or not csv.exists():
+            return
+        number = 1
+        while self.path("metrics", f"{self.run}.partial-{number}.csv").exists():
+            number += 1
+        moved = self.path("metrics", f"{self.run}.partial-{number}.csv")
+        os.rename(csv, moved)  # renames a link itself, never its target
+        page = self.path("plots", f"{self.run}.html")
+        if page.exists():
+            os.rename(page, self.path("plots", f"{self.run}.partial-{number}.html"))
+        self.say(
+            f"run '{self.run}' stopped before its first checkpoint: its metrics so far are "
+            f"moved aside to {moved.relative_to(self.root)}; starting afresh"
+        )
 
     def resume(self, suffix: str) -> None:
         """Restore everything from checkpoints/<run>_<suffix>.pth."""
         path = checkpoint_path(self.root, self.run, suffix)
         state = load_checkpoint(path)
-        check_same_config(self.config, state.get("config", {}), path)
+        check_resumable(state, path)
+        check_same_config(self.config, state["config"], path)
+        done, budget = state["counters"]["env_steps"], self.config.train.steps
+        if budget <= done:  # nothing to train; the run's config stays as it was
+            raise CheckpointError(
+                f"{path.name} has done {done} env steps already, and --max_steps (train.steps) "
+                f"is {budget}: give a larger --max_steps to train on"
+            )
+        try:
+            self.restore(state, path)
+        except CheckpointError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+            raise CheckpointError(
+                f"{path.name} cannot be resumed: {type(error).__name__} {str(error)[:160]}"
+            ) from None
+
+    def restore(self, state: dict, path: Path) -> None:
+        """Load the state of checkpoint `path` (load_checkpoint, check_resumable) into this
+        trainer."""
         try:
             self.agent.load_state_dict(state["agent"])
         except (RuntimeError, KeyError) as error:  # same config, other layers: an older version
@@ -542,8 +638,9 @@ class Trainer:
             setattr(self, key, counters[key])
         self.next_checkpoint = counters["next_checkpoint"]
         self.saved_at = self.gradient_steps
-        episodes = counters["episodes"]  # one number in checkpoints from before train.envs
-        self.collector.episodes = list(episodes) if isinstance(episodes, list) else [episodes]
+        if not self.rank:  # the other ranks start new episodes of their own (below)
+            self.restore_collection(state["collection"])
+            self.interval.update({key: list(values) for key, values in state["interval"].items()})
         self.returns.extend(counters["returns"])
         self.achievement_episodes = counters.get("achievement_episodes", 0)
         self.achievements.update(counters.get("achievements", {}))
@@ -555,6 +652,24 @@ class Trainer:
             # Only rank 0's replay and random streams were saved: the other ranks start from
             # a copy of its replay, then sample and explore with streams of their own.
             self.reseed(self.seed + self.gradient_steps)
+
+    def interval_so_far(self) -> dict:
+        """The metrics since the last row, the updates' included (read from the device)."""
+        for key, values in self.agent.unread.read().items():
+            self.interval[key].extend(values)
+        return {key: [float(v) for v in values] for key, values in self.interval.items()}
+
+    def restore_collection(self, saved: dict) -> None:
+        """Put the environments and the acting state back in the middle of their episodes:
+        each running episode is replayed from its seed with its saved actions
+        (VectorCollector.load_state_dict), so the run goes on as if never stopped."""
+        try:
+            self.collector.load_state_dict(torch_to_numpy(saved["collector"]))
+        except RuntimeError as error:  # an environment that is not deterministic
+            self.say(f"{error}; the episodes under way start again")
+            self.collector.obs = None
+            return
+        self.policy.state = {key: value.to(self.device) for key, value in saved["policy"].items()}
 
     def reseed(self, seed: int) -> None:
         """Seed torch, NumPy, Python, the replay sampler and the random policy."""

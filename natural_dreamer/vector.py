@@ -33,8 +33,8 @@ class GymnasiumEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, env: Env):
-        self.env = env
+    def __init__(self, env: Env, index: int = 0):
+        self.env, self.index = env, index  # index: its place in the vector of environments
         self.observation_space = gym.spaces.Dict(
             {key: _box(shape, dtype) for key, (shape, dtype) in env.obs_space.items()}
         )
@@ -54,6 +54,20 @@ class GymnasiumEnv(gym.Env):
         info = {"achievements": step["achievements"]} if "achievements" in step else {}
         return self._obs(step), float(step["reward"]), terminated, truncated, info
 
+    def replay(self, plans: dict):
+        """Bring this environment back to the middle of an episode: plans maps an
+        environment's index to (seed, actions (L, A)); this one, if named, resets with the
+        seed and takes the actions. Returns the last observation (None if not named).
+        Environments are deterministic given their seed and actions, so this restores the
+        state a checkpoint cannot hold (a simulator's internals) for an exact resume."""
+        if self.index not in plans:
+            return None
+        seed, actions = plans[self.index]
+        obs, _ = self.reset(seed=int(seed))
+        for action in actions:
+            obs, *_ = self.step(action)
+        return obs
+
     def close(self):
         self.env.close()
 
@@ -67,9 +81,10 @@ def _box(shape: tuple, dtype) -> gym.spaces.Box:
     return gym.spaces.Box(-np.inf, np.inf, shape, dtype)
 
 
-def build_env(env_config: dict, seed: int) -> GymnasiumEnv:
-    """Build one environment behind the gymnasium API (runs inside a worker process)."""
-    return GymnasiumEnv(make_env(env_config, seed=seed))
+def build_env(env_config: dict, seed: int, index: int = 0) -> GymnasiumEnv:
+    """Build environment `index` of a vector behind the gymnasium API (runs inside a worker
+    process when there are several)."""
+    return GymnasiumEnv(make_env(env_config, seed=seed), index)
 
 
 def in_worker(env_fn):
@@ -96,5 +111,5 @@ def make_vector_env(env_config, seed: int, count: int) -> gym.vector.VectorEnv:
     """`count` copies of the environment an env config describes (see `envs.make_env`);
     copy i is built with seed + i. One copy runs in this process, more run in workers."""
     plain = dict(env_config)  # a plain dict pickles into the worker processes
-    fns = [functools.partial(build_env, plain, seed + i) for i in range(count)]
+    fns = [functools.partial(build_env, plain, seed + i, i) for i in range(count)]
     return vector_env(fns, workers=count > 1)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from natural_dreamer.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
-KEEP_COUNTERS = ("env_steps", "gradient_steps", "policy_steps", "episodes", "returns")
+KEEP_COUNTERS = ("env_steps", "gradient_steps", "policy_steps", "returns")
 
 
 def export(checkpoint: Path, out: Path, metrics: Path | None = None) -> Path:

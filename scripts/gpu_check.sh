@@ -9,9 +9,16 @@
 # DMC proprio and pixel runs never load, so all of it travels in the 64 MiB a call may
 # carry) and .gl/ (the Debian EGL packages MuJoCo renders with). Both are git-ignored; the
 # device call carries them: run(command="bash scripts/gpu_check.sh", carry=[".whl", ".gl"]).
-# The check runs the device tests on CUDA, the steps table for the 12m preset (images and
-# vectors, bf16, compiled) and 5,000 env steps of walker_walk from pixels (1,000 of them
-# prefill), and writes gpu_check.log under $OUT (or gpu_check_out/).
+# The check, within 8 minutes of the GPU's time (each part under a timeout of its own):
+#   1. the device tests on CUDA (tests/test_device.py, tests/test_gpu_ready.py)     <= 60 s
+#   2. the steps table, bf16 and compiled as `auto` chooses on a GPU, with milliseconds per
+#      update and the peak GPU memory: 12m images and vectors                        <= 170 s
+#      and 1m vectors                                                                <= 60 s
+#   3. 5,000 env steps of walker_walk from pixels (1,000 of them prefill), the progress
+#      bar's last pace, and from the run's CSV the pace of its last whole interval and the
+#      projected wall time of walker_walk's 1M env steps and of the 100k benchmark   <= 170 s
+# and writes gpu_check.log under $OUT (or gpu_check_out/). Everything it runs also runs on a
+# CPU (bench --device cpu, bench --project), so it can be tried before a GPU is lent.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -87,16 +94,28 @@ export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d
     python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 
     echo "== device tests on CUDA"
-    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_device.py
+    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_device.py \
+        tests/test_gpu_ready.py
 
     echo "== steps table: 12m, images and vectors, bf16, compiled, on CUDA"
-    timeout 200 python3 -m natural_dreamer.bench --tables steps --presets 12m \
+    timeout 170 python3 -m natural_dreamer.bench --device cuda --tables steps --presets 12m \
         --obs image vector --precision bf16 --modes compiled --repeats 5
+    echo "== steps table: 1m, vectors, bf16, compiled, on CUDA"
+    timeout 60 python3 -m natural_dreamer.bench --device cuda --tables steps --presets 1m \
+        --obs vector --precision bf16 --modes compiled --repeats 5
 
     echo "== walker_walk from pixels, 5,000 env steps (1,000 prefill), on CUDA"
     start=$(date +%s)
-    timeout 220 python3 main.py walker_walk --max_steps 5000 --train.prefill 1000 \
-        --train.video false --train.log_every 1000 --device cuda --outdir "$out/walker"
+    timeout 170 python3 main.py walker_walk --max_steps 5000 --train.prefill 1000 \
+        --train.video false --train.log_every 1000 --device cuda --outdir "$out/walker" \
+        2> "$out/walker.err"
     echo "walker_walk: exit $?, $(( $(date +%s) - start )) s wall"
-    tail -n 5 "$out/walker/metrics/"*.csv 2>/dev/null | cut -c1-200
+    tr '\r' '\n' < "$out/walker.err" | grep -Ev 'step/s|s/step' | tail -n 12
+    echo "the progress bar's last pace: $(tr '\r' '\n' < "$out/walker.err" \
+        | grep -Eo '[0-9.]+(step/s|s/step)' | tail -n 1)"
+    for csv in "$out"/walker/metrics/*.csv; do
+        [ -f "$csv" ] || continue
+        cut -d, -f1-3 "$csv" | tail -n 6
+        python3 -m natural_dreamer.bench --project "$csv"
+    done
 } 2>&1 | tee "$log"

@@ -21,3 +21,5 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+# The package itself, editable: notebooks and scripts import natural_dreamer from anywhere.
+python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .

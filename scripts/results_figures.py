@@ -231,8 +231,10 @@ def draw_official(ax, official: Official, steps: int) -> None:
 def draw_run(ax, frame: pd.DataFrame, run: Run, color: str) -> None:
     """One run's last-10 mean (line) and its evaluations (dots), in color."""
     rows = frame.dropna(subset=["return_last10"])
+    few = len(rows) < 10  # a run just started: its rows as points, so it can be seen
     ax.plot(rows["env_steps"], rows["return_last10"], color=color, linewidth=2,
-            linestyle="--" if run.dashed else "-", label=run_label(run))  # fmt: skip
+            linestyle="--" if run.dashed else "-", marker="o" if few else None, markersize=6,
+            label=run_label(run))  # fmt: skip
     if "eval_return" in frame:
         rows = frame.dropna(subset=["eval_return"])
         ax.scatter(rows["env_steps"], rows["eval_return"], s=18, color=color, edgecolors="k",

@@ -577,6 +577,8 @@ def test_a_resumed_run_keeps_the_precisions_measured_on_the_machine_that_chose_t
     first = Trainer(config, root=tmp_path, quiet=True)
     assert first.agent.precision_label == "bf16 (filtering loop fp32)"
     measured, first_choices = first.agent.precision_reason, first.agent.measured_choices()
+    for _ in range(20):  # a checkpoint resumes only with replayed data in it
+        first.collector.step(first.random_policy)
     first.save("latest")
 
     # The next start measures the loop 1.19x faster in fp32: bf16 by its own measurement.

@@ -95,16 +95,19 @@ def test_the_start_up_line_says_how_this_machine_computes(smoke_run):
 
 
 def test_each_log_line_projects_the_rest_of_the_run_at_the_last_intervals_pace(smoke_run):
-    # Rows at 200 (prefill ends), 400 and 600 env steps of a 600-step budget: no ETA while
-    # only prefill has been seen, then the last interval's seconds per env step times what
-    # is left (at 400: the 200 steps to come took about as long as the 200 just done).
+    # Rows at 200 (prefill ends), 280 (the 20th update: a run's first row), 400 and 600 env
+    # steps of a 600-step budget: no ETA while only prefill has been seen, then the last
+    # interval's seconds per env step times what is left (at 400: the 200 steps to come at
+    # the pace of the 120 from 280).
     lines = [line for line in smoke_run[1].stdout.splitlines() if " | env " in line]
-    assert [line.split(" | ")[1] for line in lines] == ["env 200", "env 400", "env 600"]
+    steps = [line.split(" | ")[1] for line in lines]
+    assert steps == ["env 200", "env 280", "env 400", "env 600"]
     walls = [float(line.split(" | ")[6].rstrip("s")) for line in lines]
     etas = [line.split(" | eta ")[1] for line in lines]
-    assert etas[0] == "-" and etas[2] == "0 s", etas
-    # The pace starts at the 3rd update (the first ones compile, when compile is on).
-    assert etas[1].endswith(" s") and -2.0 <= float(etas[1][:-2]) - (walls[1] - walls[0]) <= 1.0
+    assert etas[0] == "-" and etas[3] == "0 s", etas
+    expected = (walls[2] - walls[1]) * 200 / 120
+    # The rows print whole seconds: up to 1 s of rounding in each wall, 200/120 times that.
+    assert etas[2].endswith(" s") and abs(float(etas[2][:-2]) - expected) <= 2.5, etas
 
 
 def test_the_first_eta_after_prefill_leaves_out_a_slow_start(tmp_path):
@@ -127,10 +130,14 @@ def test_the_first_eta_after_prefill_leaves_out_a_slow_start(tmp_path):
     eta, etas = trainer.eta, []
     trainer.eta = lambda row: etas.append(eta(row)) or etas[-1]
     trainer.train()
-    walls = pd.read_csv(tmp_path / "metrics" / "smoke_run.csv")["wall_seconds"].tolist()
-    assert etas[0] == "-" and etas[1].endswith(" s"), etas  # rows at 200 (prefill), 400, 600
-    # 200 env steps left at the pace of the 200 just done, less the 6 s of the first update
-    assert 0.0 < float(etas[1][:-2]) <= (walls[1] - walls[0]) - 4.0, (etas, walls)
+    rows = pd.read_csv(tmp_path / "metrics" / "smoke_run.csv")
+    # Rows at the prefill's end, after the 20th update (the first row of a run), 400 and 600.
+    assert rows["env_steps"].tolist() == [200, 280, 400, 600]
+    assert rows["gradient_steps"].tolist() == [0, 20, 50, 100]
+    assert etas[0] == "-" and etas[1].endswith(" s"), etas
+    # 320 env steps left at the pace of the updates from the 3rd to the 20th: with the 6 s of
+    # the first update counted in, the 80 steps since the prefill would project 24 s or more.
+    assert 0.0 < float(etas[1][:-2]) < 6.0 * (600 - 280) / (280 - 200), etas
 
 
 def test_eta_is_the_last_intervals_seconds_per_env_step_times_the_steps_left():
@@ -618,13 +625,13 @@ def test_a_full_disk_ends_in_one_line_and_the_run_resumes(small_disk):
     expected = ["smoke_run.lock", "smoke_run.yml", "smoke_run_0.05k.pth", "smoke_run_latest.pth"]
     assert checkpoints == expected
     rows = pd.read_csv(small_disk / "metrics" / "smoke_run.csv")["env_steps"].tolist()
-    assert rows == [200, 400]
+    assert rows == [200, 280, 400]  # 280: the first row, after the 20th update
     # Once there is room again the run continues from its newest checkpoint.
     subprocess.run(["mount", "-o", "remount,size=100m", str(small_disk)], check=True)
     result = run_main("smoke", "--max_steps", "1000", "--resume", "latest", outdir=small_disk)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = pd.read_csv(small_disk / "metrics" / "smoke_run.csv")["env_steps"].tolist()
-    assert rows == [200, 400, 600, 800, 1000]
+    assert rows == [200, 280, 400, 600, 800, 1000]
 
 
 def test_a_read_only_output_folder_ends_in_one_line(small_disk):

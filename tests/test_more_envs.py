@@ -13,9 +13,9 @@ from PIL import Image
 
 from natural_dreamer.buffer import ReplayBuffer
 from natural_dreamer.collector import Collector, RandomPolicy
-from natural_dreamer.envs import make_env
+from natural_dreamer.config import load_config
+from natural_dreamer.envs import AtariEnv, CrafterEnv, make_env
 from natural_dreamer.vector import GymnasiumEnv
-from natural_dreamer.worlds import AtariEnv, CrafterEnv
 
 STEP_FLAGS = {"reward", "is_first", "is_last", "is_terminal"}
 
@@ -43,8 +43,13 @@ def shrink(frame: np.ndarray, size: int = 64) -> np.ndarray:
 # --- Atari ----------------------------------------------------------------------------------
 
 
+def atari(game: str, **overrides) -> dict:
+    """configs/atari_pong.yml's env section for `game`; keyword arguments replace entries."""
+    return {**load_config("atari_pong").env, "task": game, **overrides}
+
+
 def test_atari_layout_minimal_action_set_and_one_hot():
-    env = make_env({"suite": "atari", "task": "pong"}, seed=0)
+    env = make_env(atari("pong"), seed=0)
     assert env.obs_space == {"image": ((64, 64, 3), np.uint8)}
     assert env.action_size == 6 and env.discrete and env.action_repeat == 4
     assert env.ale_env.get_action_meanings() == [
@@ -66,7 +71,7 @@ def test_atari_layout_minimal_action_set_and_one_hot():
         env.step(np.ones(18))
     assert env.render().shape == (64, 64, 3)
     env.close()
-    assert make_env({"suite": "atari", "task": "breakout"}, seed=0).action_size == 4
+    assert make_env(atari("breakout"), seed=0).action_size == 4
     assert AtariEnv("breakout", full_action_space=True).action_size == 18
 
 
@@ -111,7 +116,7 @@ def test_atari_sticky_actions_ignore_the_agent_with_probability_one():
 
 
 def test_atari_life_loss_is_no_end_but_game_over_terminates():
-    env = make_env({"suite": "atari", "task": "breakout"}, seed=0)
+    env = make_env(atari("breakout"), seed=0)
     env.reset()
     steps, lives = [], []
     while not steps or not steps[-1]["is_last"]:
@@ -126,7 +131,7 @@ def test_atari_life_loss_is_no_end_but_game_over_terminates():
 
 
 def test_atari_time_limit_counts_frames_and_truncates():
-    env = make_env({"suite": "atari", "task": "pong", "time_limit": 40}, seed=0)
+    env = make_env(atari("pong", time_limit=40), seed=0)
     env.reset()
     steps = [env.step(one_hot(0, 6)) for _ in range(10)]  # 10 policy steps x 4 frames
     assert [s["is_last"] for s in steps] == [False] * 9 + [True]
@@ -168,8 +173,13 @@ def test_bad_config_raises_helpful_error(config, message):
 # --- Crafter --------------------------------------------------------------------------------
 
 
+def crafter_config(**overrides) -> dict:
+    """configs/crafter.yml's env section; keyword arguments replace its entries."""
+    return {**load_config("crafter").env, **overrides}
+
+
 def test_crafter_layout_and_one_hot_actions():
-    env = make_env({"suite": "crafter", "task": "reward"}, seed=0)
+    env = make_env(crafter_config(), seed=0)
     assert env.obs_space == {"image": ((64, 64, 3), np.uint8)}
     assert env.action_size == 17 and env.discrete and env.action_repeat == 1
     first = env.reset()
@@ -212,7 +222,7 @@ def test_crafter_step_dicts_hold_what_the_game_returned():
 
 
 def test_crafter_time_limit_truncates_and_reports_achievements():
-    env = make_env({"suite": "crafter", "task": "reward", "time_limit": 5}, seed=0)
+    env = make_env(crafter_config(time_limit=5), seed=0)
     env.reset()
     steps = [env.step(one_hot(6, 17)) for _ in range(5)]  # sleep: unlocks nothing yet
     for step in steps:
@@ -241,7 +251,7 @@ def test_crafter_death_terminates_with_the_episodes_achievements():
 
 
 def test_crafter_noreward_pays_nothing():
-    env = make_env({"suite": "crafter", "task": "noreward", "time_limit": 150}, seed=0)
+    env = make_env(crafter_config(task="noreward", time_limit=150), seed=0)
     env.reset()
     rng = np.random.default_rng(0)
     steps = [env.step(one_hot(rng.integers(17), 17))]
@@ -252,7 +262,7 @@ def test_crafter_noreward_pays_nothing():
 
 
 def test_crafter_achievements_pass_by_the_buffer_and_the_vector_api():
-    env = make_env({"suite": "crafter", "task": "reward", "time_limit": 20}, seed=0)
+    env = make_env(crafter_config(time_limit=20), seed=0)
     buffer = ReplayBuffer(100, env.obs_space, env.action_size)
     collector = Collector(env, buffer, seed=0)
     policy = RandomPolicy(env.action_size, env.discrete)

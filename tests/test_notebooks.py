@@ -22,10 +22,10 @@ FIGURE_TYPES = ("image/png", "application/vnd.plotly.v1+json")
 
 
 def package_names() -> set:
-    """Every function and class defined anywhere in natural_dreamer/*.py, plus the names
+    """Every function and class defined anywhere in natural_dreamer/**/*.py, plus the names
     assigned at module or class level (constants, class attributes)."""
     names = set()
-    for path in (ROOT / "natural_dreamer").glob("*.py"):
+    for path in (ROOT / "natural_dreamer").rglob("*.py"):
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):

@@ -296,7 +296,7 @@ def test_make_env_passes_sticky_actions_to_atari():
     pytest.importorskip("ale_py")
     from natural_dreamer.envs import make_env
 
-    env = make_env({"suite": "atari", "task": "pong", "sticky": 0.25}, seed=0)
+    env = make_env({**load_config("atari_pong").env, "sticky": 0.25}, seed=0)
     assert env.ale_env.ale.getFloat("repeat_action_probability") == 0.25
     env = make_env(load_config("atari_pong").env, seed=0)
     assert env.ale_env.ale.getFloat("repeat_action_probability") == 0.0
